@@ -1,0 +1,1 @@
+//! kubesim: a small Kubernetes API server for tests and the demo.

@@ -1,0 +1,2 @@
+//! The one place where the rooms' types meet: engine <-> LSP and
+//! engine <-> kube transport.
