@@ -21,6 +21,6 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Lsp { .. } => anyhow::bail!("not built yet"),
+        Command::Lsp { .. } => podloop::lsp::run_stdio(),
     }
 }
