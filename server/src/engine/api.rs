@@ -76,6 +76,20 @@ pub enum Output {
     /// One line per batch and other log-worthy facts.
     Log { level: Level, text: String },
     Progress(Progress),
+    /// The local folders that mappings cover, sent when the set changes, so
+    /// the LSP layer can register `workspace/didChangeWatchedFiles` for them.
+    MappedFolders(Vec<PathBuf>),
+}
+
+/// How the engine starts.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Workspace roots; each one's `podloop.toml` (if any) is read.
+    pub roots: Vec<PathBuf>,
+    pub overrides: Overrides,
+    /// Run podloop's own `notify` watcher on the mapped folders, for clients
+    /// that cannot send `workspace/didChangeWatchedFiles` (Neovim 0.7-0.11).
+    pub own_file_watcher: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
