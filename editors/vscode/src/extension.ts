@@ -303,7 +303,8 @@ class Controller implements vscode.Disposable {
     }
     const config = vscode.workspace.getConfiguration('podloop');
     void client
-      .sendNotification(DidChangeConfigurationNotification.type, { settings: serverOptions((key) => config.get(key)) })
+      // The pause state rides along: a settings change must not resume a paused session.
+      .sendNotification(DidChangeConfigurationNotification.type, { settings: serverOptions((key) => config.get(key), this.paused) })
       .catch((error: unknown) => this.log(`sending settings: ${errorMessage(error)}`));
   }
 
