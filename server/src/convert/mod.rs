@@ -1,2 +1,4 @@
 //! The one place where the rooms' types meet: engine <-> LSP and
 //! engine <-> kube transport.
+
+pub mod lsp;
