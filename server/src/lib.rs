@@ -10,5 +10,6 @@
 pub mod cli;
 pub mod convert;
 pub mod engine;
+pub mod fswatch;
 pub mod lsp;
 pub mod transport;

@@ -52,6 +52,12 @@ pub enum Input {
     SyncAll {
         reply: Option<oneshot::Sender<SyncAllReport>>,
     },
+    /// Compare every mapped file with what each target holds and report the
+    /// differences in `SyncAllReport::drift`, sending nothing
+    /// (`podloop sync --all --check`).
+    Check {
+        reply: oneshot::Sender<SyncAllReport>,
+    },
     /// Run every mapping's `reload` command now.
     Reload,
     Pause,
@@ -176,6 +182,8 @@ pub struct SyncAllReport {
     pub files_deleted: usize,
     pub targets: usize,
     pub failures: Vec<String>,
+    /// Differences found by `Input::Check` (one line each).
+    pub drift: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------

@@ -2,6 +2,10 @@
 //! Knows neither LSP nor kube types; see `api` for its contract.
 
 pub mod api;
+pub mod config;
+mod main_loop;
+pub mod mapping;
+mod plan;
 
 pub use api::*;
 
@@ -19,32 +23,32 @@ impl EngineHandle {
     pub fn send(&self, input: Input) -> bool {
         self.inputs.send(input).is_ok()
     }
+
+    /// Asks for the current status; `None` when the engine has stopped.
+    pub async fn status(&self) -> Option<Status> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if !self.send(Input::Status { reply }) {
+            return None;
+        }
+        rx.await.ok()
+    }
 }
 
-/// Start the engine's main loop on the current tokio runtime.
-///
-/// PLACEHOLDER until the main loop lands: it answers `Status` and drops
-/// everything else. Replaced by the engine's real loop.
+/// Start the engine's main loop on the current tokio runtime. Each root's
+/// `podloop.toml` is read; outputs arrive on the returned receiver.
 pub fn start<C: Cluster>(
     cluster: C,
     options: EngineOptions,
 ) -> (EngineHandle, mpsc::UnboundedReceiver<Output>) {
-    let (inputs, mut input_rx) = mpsc::unbounded_channel();
-    let (_outputs, output_rx) = mpsc::unbounded_channel();
-    let _ = (cluster, options);
-    tokio::spawn(async move {
-        while let Some(input) = input_rx.recv().await {
-            if let Input::Status { reply } = input {
-                let _ = reply.send(Status {
-                    health: Health::Ok,
-                    state: EngineState::Idle,
-                    quiescent: true,
-                    message: String::new(),
-                    pending: 0,
-                    targets: Vec::new(),
-                });
-            }
-        }
-    });
-    (EngineHandle { inputs }, output_rx)
+    main_loop::start(cluster, options, Vec::new())
+}
+
+/// Like [`start`], with configs that do not come from a root's
+/// `podloop.toml` (the CLI's `--config FILE` and `LOCAL:REMOTE` forms).
+pub fn start_with_configs<C: Cluster>(
+    cluster: C,
+    options: EngineOptions,
+    configs: Vec<config::Config>,
+) -> (EngineHandle, mpsc::UnboundedReceiver<Output>) {
+    main_loop::start(cluster, options, configs)
 }

@@ -1,0 +1,407 @@
+//! One batch for one target, run as a spawned task: look at the disk,
+//! decide what to send, deliver it, and report back. The main loop never
+//! waits on any of this; it gets a [`BatchOutcome`] message.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::api::{Batch, Cluster, ClusterError, Delivery, Entry, Manifest, Op, RelPath, Target};
+use super::config::OnConflict;
+use super::mapping::{link_escapes, LocalKind, Mapping};
+
+/// What podloop believes a target holds at a path (what it last wrote, or
+/// what a manifest showed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Held {
+    File { sha256: [u8; 32], executable: bool },
+    Link(Vec<u8>),
+    Absent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchKind {
+    /// Send the given paths.
+    Changes,
+    /// Compare with the container's manifest and send what differs (plus
+    /// the given paths).
+    FullSync,
+    /// Compare with the manifest and send nothing.
+    Check,
+}
+
+pub(crate) struct BatchRequest {
+    pub mapping: Arc<Mapping>,
+    pub target: Target,
+    pub paths: Vec<RelPath>,
+    pub held: HashMap<RelPath, Held>,
+    pub kind: BatchKind,
+    /// Run the mapping's `reload` even if no file changed (`Input::Reload`).
+    pub force_reload: bool,
+}
+
+/// Why a path was not sent, when the user should hear about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Note {
+    TooLarge(u64),
+    Unreadable(String),
+    EscapingLink(Vec<u8>),
+    ThroughLink,
+    NotRegular,
+    /// The container's copy changed since podloop wrote it.
+    Conflict { skipped: bool, detail: String },
+}
+
+#[derive(Debug)]
+pub(crate) struct BatchOutcome {
+    pub kind: BatchKind,
+    /// Paths in the batch and what the target holds once it is delivered.
+    pub sent: Vec<(RelPath, Held)>,
+    /// Paths the target already holds (learned from `held` or a manifest).
+    pub unchanged: Vec<(RelPath, Held)>,
+    pub notes: Vec<(RelPath, Note)>,
+    pub drift: Vec<String>,
+    pub bytes: u64,
+    pub deletes: usize,
+    /// `Ok(None)`: nothing needed an exec.
+    pub result: Result<Option<Delivery>, ClusterError>,
+    pub elapsed: Duration,
+}
+
+pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) -> BatchOutcome {
+    let started = Instant::now();
+    let kind = req.kind;
+    let mut outcome = BatchOutcome {
+        kind,
+        sent: Vec::new(),
+        unchanged: Vec::new(),
+        notes: Vec::new(),
+        drift: Vec::new(),
+        bytes: 0,
+        deletes: 0,
+        result: Ok(None),
+        elapsed: Duration::ZERO,
+    };
+    let manifest = if kind == BatchKind::Changes {
+        None
+    } else {
+        match cluster.manifest(&req.target, &req.mapping.remote).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                outcome.result = Err(e);
+                outcome.elapsed = started.elapsed();
+                return outcome;
+            }
+        }
+    };
+    let mapping = req.mapping.clone();
+    let target = req.target.clone();
+    let force_reload = req.force_reload;
+    // Hashing files is blocking disk work: keep it off the async workers.
+    let planned = tokio::task::spawn_blocking(move || plan(&req, manifest.as_ref())).await;
+    let plan = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            outcome.result = Err(ClusterError::Permanent(format!(
+                "planning the batch failed: {e}"
+            )));
+            outcome.elapsed = started.elapsed();
+            return outcome;
+        }
+    };
+    outcome.sent = plan.after;
+    outcome.unchanged = plan.unchanged;
+    outcome.notes = plan.notes;
+    outcome.drift = plan.drift;
+    outcome.bytes = plan.bytes;
+    outcome.deletes = plan
+        .entries
+        .iter()
+        .filter(|e| e.op == Op::Delete)
+        .count();
+    let run_reload = force_reload || !plan.entries.is_empty();
+    if kind == BatchKind::Check || !run_reload {
+        outcome.elapsed = started.elapsed();
+        return outcome;
+    }
+    let batch = Batch {
+        remote_root: mapping.remote.clone(),
+        entries: plan.entries,
+        reload: mapping.reload.clone(),
+    };
+    outcome.result = cluster.deliver(&target, batch).await.map(Some);
+    outcome.elapsed = started.elapsed();
+    outcome
+}
+
+struct Plan {
+    entries: Vec<Entry>,
+    after: Vec<(RelPath, Held)>,
+    unchanged: Vec<(RelPath, Held)>,
+    notes: Vec<(RelPath, Note)>,
+    drift: Vec<String>,
+    bytes: u64,
+}
+
+fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
+    let mut p = Plan {
+        entries: Vec::new(),
+        after: Vec::new(),
+        unchanged: Vec::new(),
+        notes: Vec::new(),
+        drift: Vec::new(),
+        bytes: 0,
+    };
+    let m = &req.mapping;
+    // Expand folders and collect local kinds; a BTreeMap keeps the batch in
+    // path order and dedups a file named twice.
+    let mut local: BTreeMap<RelPath, LocalKind> = BTreeMap::new();
+    let mut full_walk = false;
+    if let Some(_manifest) = manifest {
+        full_walk = true;
+        for (rel, kind) in m.walk(None) {
+            local.insert(rel, kind);
+        }
+    }
+    for rel in &req.paths {
+        if m.through_symlink(rel) {
+            p.notes.push((rel.clone(), Note::ThroughLink));
+            continue;
+        }
+        match m.inspect(rel) {
+            Ok(LocalKind::Dir) => {
+                if m.is_excluded(rel, true) {
+                    continue;
+                }
+                for (child, kind) in m.walk(Some(rel)) {
+                    local.insert(child, kind);
+                }
+            }
+            Ok(kind) => {
+                if !m.is_excluded(rel, false) {
+                    local.insert(rel.clone(), kind);
+                }
+            }
+            Err(e) => p
+                .notes
+                .push((rel.clone(), Note::Unreadable(format!("cannot inspect it: {e}")))),
+        }
+    }
+    for (rel, kind) in local {
+        match kind {
+            LocalKind::Missing => {
+                let in_container = manifest.map(|mf| mf.files.keys().any(|f| f.is_within(&rel)));
+                let already_gone = match in_container {
+                    Some(true) => false,
+                    // Manifests list regular files only: a link we wrote
+                    // may still be there.
+                    Some(false) => !matches!(req.held.get(&rel), Some(Held::Link(_))),
+                    None => req.held.get(&rel) == Some(&Held::Absent),
+                };
+                if already_gone {
+                    p.unchanged.push((rel, Held::Absent));
+                    continue;
+                }
+                if req.kind == BatchKind::Check {
+                    if manifest.is_some_and(|mf| mf.files.contains_key(&rel)) {
+                        p.drift.push(format!(
+                            "{}: deleted locally, still in the container",
+                            m.remote_display(&rel)
+                        ));
+                    }
+                    continue;
+                }
+                p.entries.push(Entry {
+                    path: rel.clone(),
+                    op: Op::Delete,
+                });
+                p.after.push((rel, Held::Absent));
+            }
+            LocalKind::Symlink(target) => {
+                if link_escapes(&rel, &target) {
+                    p.notes.push((rel, Note::EscapingLink(target)));
+                    continue;
+                }
+                let held = Held::Link(target.clone());
+                if req.held.get(&rel) == Some(&held) {
+                    p.unchanged.push((rel, held));
+                    continue;
+                }
+                if req.kind == BatchKind::Check {
+                    // A manifest lists regular files only: a link cannot be
+                    // compared, so it is neither drift nor in sync.
+                    continue;
+                }
+                p.entries.push(Entry {
+                    path: rel.clone(),
+                    op: Op::Symlink { target },
+                });
+                p.after.push((rel, held));
+            }
+            LocalKind::File { size, executable } => {
+                if size > m.max_file_size {
+                    p.notes.push((rel, Note::TooLarge(size)));
+                    continue;
+                }
+                let local_path = m.local_path(&rel);
+                let sha256 = match hash_file(&local_path) {
+                    Ok(h) => h,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        // Deleted between the event and now: a later event
+                        // (or the next full sync) carries the delete.
+                        continue;
+                    }
+                    Err(e) => {
+                        p.notes.push((rel, Note::Unreadable(e.to_string())));
+                        continue;
+                    }
+                };
+                let held = Held::File { sha256, executable };
+                let remote = manifest.and_then(|mf| mf.files.get(&rel));
+                if let Some(remote) = remote {
+                    if remote.sha256 == sha256 && remote.executable == executable {
+                        p.unchanged.push((rel, held));
+                        continue;
+                    }
+                } else if manifest.is_none() && req.held.get(&rel) == Some(&held) {
+                    p.unchanged.push((rel, held));
+                    continue;
+                }
+                if req.kind == BatchKind::Check {
+                    p.drift.push(match remote {
+                        Some(r) if r.sha256 == sha256 => format!(
+                            "{}: executable bit differs (local {}, container {})",
+                            m.remote_display(&rel),
+                            executable,
+                            r.executable
+                        ),
+                        Some(r) => format!(
+                            "{}: content differs (local {} bytes sha256 {}, container {} bytes sha256 {})",
+                            m.remote_display(&rel),
+                            size,
+                            short(&sha256),
+                            r.size,
+                            short(&r.sha256)
+                        ),
+                        None => format!("{}: missing in the container", m.remote_display(&rel)),
+                    });
+                    continue;
+                }
+                if let (Some(remote), Some(Held::File { sha256: ours, .. })) =
+                    (remote, req.held.get(&rel))
+                {
+                    if remote.sha256 != *ours && remote.sha256 != sha256 {
+                        let skipped = m.on_conflict == OnConflict::Skip;
+                        let detail = format!(
+                            "{} changed in the container since podloop wrote it (podloop wrote sha256 {}, container has {} bytes sha256 {}, local is {} bytes sha256 {})",
+                            m.remote_display(&rel),
+                            short(ours),
+                            remote.size,
+                            short(&remote.sha256),
+                            size,
+                            short(&sha256)
+                        );
+                        p.notes.push((rel.clone(), Note::Conflict { skipped, detail }));
+                        if skipped {
+                            continue;
+                        }
+                    }
+                }
+                p.bytes += size;
+                p.entries.push(Entry {
+                    path: rel.clone(),
+                    op: Op::Put {
+                        local: local_path,
+                        size,
+                        executable,
+                    },
+                });
+                p.after.push((rel, held));
+            }
+            LocalKind::Other => p.notes.push((rel, Note::NotRegular)),
+            LocalKind::Dir => {}
+        }
+    }
+    if let (true, Some(manifest)) = (full_walk, manifest) {
+        plan_remote_deletes(req, manifest, &mut p);
+    }
+    p
+}
+
+/// Files the container has and the local tree does not: delete them,
+/// collapsed to the shallowest missing folder when nothing excluded lives
+/// under it (excluded files are never deleted).
+fn plan_remote_deletes(req: &BatchRequest, manifest: &Manifest, p: &mut Plan) {
+    let m = &req.mapping;
+    let present: BTreeSet<&RelPath> = p
+        .after
+        .iter()
+        .chain(p.unchanged.iter())
+        .map(|(r, _)| r)
+        .chain(p.notes.iter().map(|(r, _)| r))
+        .collect();
+    let mut deletes: BTreeSet<RelPath> = BTreeSet::new();
+    for rel in manifest.files.keys() {
+        if present.contains(rel) || m.is_excluded(rel, false) || m.through_symlink(rel) {
+            continue;
+        }
+        match m.inspect(rel) {
+            Ok(LocalKind::Missing) => {}
+            // Exists locally but was not planned (e.g. a link or special
+            // file): leave the container's copy alone.
+            _ => continue,
+        }
+        let collapsed = rel
+            .ancestors()
+            .find(|a| {
+                matches!(m.inspect(a), Ok(LocalKind::Missing))
+                    && !m.is_excluded(a, true)
+                    && manifest
+                        .files
+                        .keys()
+                        .filter(|f| f.is_within(a))
+                        .all(|f| !m.is_excluded(f, false))
+            })
+            .unwrap_or_else(|| rel.clone());
+        deletes.insert(collapsed);
+    }
+    let chosen: Vec<RelPath> = deletes.iter().cloned().collect();
+    for rel in chosen {
+        if rel.ancestors().any(|a| deletes.contains(&a)) {
+            continue;
+        }
+        if req.kind == BatchKind::Check {
+            p.drift.push(format!(
+                "{}: in the container, not in the local tree",
+                m.remote_display(&rel)
+            ));
+            continue;
+        }
+        p.entries.push(Entry {
+            path: rel.clone(),
+            op: Op::Delete,
+        });
+        p.after.push((rel, Held::Absent));
+    }
+}
+
+pub(crate) fn hash_file(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().into())
+}
+
+fn short(hash: &[u8; 32]) -> String {
+    hex::encode(&hash[..6])
+}
