@@ -1,0 +1,559 @@
+//! The remote scripts run locally, with the exact stdin bytes podloop sends:
+//! once with the host's `sh` and GNU tar/coreutils, once in a PATH holding
+//! only busybox applets. No cluster involved: this pins down the script and
+//! the framing; `transport_kubesim.rs` covers the wire.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use podloop::transport::ops::{deliver_argv, manifest_argv};
+use podloop::transport::payload::{self, UploadEntry, UploadOp};
+use podloop::transport::remote::{self, ManifestOutput};
+
+#[derive(Clone, Copy, Debug)]
+enum Shell {
+    Host,
+    Busybox,
+}
+
+const BUSYBOX_APPLETS: &[&str] = &[
+    "sh",
+    "tar",
+    "dd",
+    "find",
+    "xargs",
+    "mv",
+    "rm",
+    "mkdir",
+    "stat",
+    "sha256sum",
+    "cat",
+    "printf",
+    "echo",
+    "test",
+    "[",
+    "touch",
+];
+
+fn busybox_bin(dir: &Path, without: &[&str]) -> PathBuf {
+    let bin = dir.join("bin");
+    let _ = std::fs::remove_dir_all(&bin);
+    std::fs::create_dir_all(&bin).unwrap();
+    for applet in BUSYBOX_APPLETS {
+        if !without.contains(applet) {
+            std::os::unix::fs::symlink("/bin/busybox", bin.join(applet)).unwrap();
+        }
+    }
+    bin
+}
+
+/// Runs `argv` (whose first element is `sh`) the way the container would.
+fn run(
+    shell: Shell,
+    scratch: &Path,
+    argv: &[String],
+    stdin: &[u8],
+    without: &[&str],
+) -> (i32, Vec<u8>, Vec<u8>) {
+    let mut command = match shell {
+        Shell::Host => Command::new("/bin/sh"),
+        Shell::Busybox => {
+            let bin = busybox_bin(scratch, without);
+            let mut c = Command::new(bin.join("sh"));
+            c.env("PATH", bin);
+            c
+        }
+    };
+    let cwd = scratch.join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    command
+        .args(&argv[1..])
+        .current_dir(&cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    // A writer thread, so a script that stops reading early cannot deadlock us.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    (out.status.code().unwrap_or(-1), out.stdout, out.stderr)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Node {
+    File { content: Vec<u8>, mode: u32 },
+    Link(Vec<u8>),
+    Dir,
+}
+
+fn tree(root: &Path) -> BTreeMap<Vec<u8>, Node> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Node>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, Node::Link(target.as_os_str().as_bytes().to_vec()));
+            } else if meta.is_dir() {
+                out.insert(rel, Node::Dir);
+                walk(root, &path, out);
+            } else {
+                out.insert(
+                    rel,
+                    Node::File {
+                        content: std::fs::read(&path).unwrap(),
+                        mode: meta.permissions().mode() & 0o777,
+                    },
+                );
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+fn os(bytes: &[u8]) -> &Path {
+    Path::new(OsStr::from_bytes(bytes))
+}
+
+struct Local {
+    dir: PathBuf,
+    entries: Vec<UploadEntry>,
+}
+
+impl Local {
+    fn put(&mut self, rel: &[u8], content: &[u8], executable: bool) {
+        let local = self.dir.join(format!("src-{}", self.entries.len()));
+        std::fs::write(&local, content).unwrap();
+        self.entries.push(UploadEntry {
+            path: rel.to_vec(),
+            op: UploadOp::Put { local, executable },
+        });
+    }
+    fn link(&mut self, rel: &[u8], target: &[u8]) {
+        self.entries.push(UploadEntry {
+            path: rel.to_vec(),
+            op: UploadOp::Symlink {
+                target: target.to_vec(),
+            },
+        });
+    }
+    fn delete(&mut self, rel: &[u8]) {
+        self.entries.push(UploadEntry {
+            path: rel.to_vec(),
+            op: UploadOp::Delete,
+        });
+    }
+}
+
+async fn payload_bytes(entries: &[UploadEntry]) -> (u64, Vec<u8>) {
+    let plan = payload::plan(entries).unwrap();
+    assert!(plan.local_failures.is_empty(), "{:?}", plan.local_failures);
+    let mut bytes = Vec::new();
+    payload::stream(&plan.pieces, &mut bytes).await.unwrap();
+    assert_eq!(bytes.len() as u64, plan.len, "planned length must be exact");
+    (plan.len, bytes)
+}
+
+fn hostile_names() -> Vec<&'static [u8]> {
+    vec![
+        b"with space.txt",
+        "unicod\u{e9}-\u{65e5}\u{672c}.txt".as_bytes(),
+        b"new\nline",
+        b"$(touch PWNED)",
+        b"`touch PWNED`; rm -rf x",
+        b"-rf",
+        b".hidden",
+        b"..dots",
+        b"quote'\"name",
+        b"\xff\xfenot-utf8",
+    ]
+}
+
+async fn full_tree_case(shell: Shell) {
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("app/src");
+    std::fs::create_dir_all(root.join("gone-dir/deep")).unwrap();
+    std::fs::write(root.join("gone-dir/deep/f"), b"x").unwrap();
+    std::fs::write(root.join("gone-file"), b"x").unwrap();
+    std::fs::write(root.join("kept"), b"untouched").unwrap();
+    std::fs::write(root.join("replaced"), b"old content").unwrap();
+    std::fs::create_dir_all(root.join("old name")).unwrap();
+    std::fs::write(root.join("old name/renamed"), b"r").unwrap();
+
+    let local_dir = scratch.path().join("local");
+    std::fs::create_dir_all(&local_dir).unwrap();
+    let mut local = Local {
+        dir: local_dir,
+        entries: Vec::new(),
+    };
+    let mut expected: BTreeMap<Vec<u8>, Node> = BTreeMap::new();
+    expected.insert(
+        b"kept".to_vec(),
+        Node::File {
+            content: b"untouched".to_vec(),
+            mode: 0o644,
+        },
+    );
+    for (i, name) in hostile_names().into_iter().enumerate() {
+        let content = format!("content {i}\n").into_bytes();
+        local.put(name, &content, false);
+        expected.insert(
+            name.to_vec(),
+            Node::File {
+                content,
+                mode: 0o644,
+            },
+        );
+    }
+    let big: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    local.put(b"big.bin", &big, false);
+    expected.insert(
+        b"big.bin".to_vec(),
+        Node::File {
+            content: big,
+            mode: 0o644,
+        },
+    );
+    local.put(b"empty", b"", false);
+    expected.insert(
+        b"empty".to_vec(),
+        Node::File {
+            content: vec![],
+            mode: 0o644,
+        },
+    );
+    local.put(b"run.sh", b"#!/bin/sh\necho hi\n", true);
+    expected.insert(
+        b"run.sh".to_vec(),
+        Node::File {
+            content: b"#!/bin/sh\necho hi\n".to_vec(),
+            mode: 0o755,
+        },
+    );
+    local.put(b"replaced", b"new content", false);
+    expected.insert(
+        b"replaced".to_vec(),
+        Node::File {
+            content: b"new content".to_vec(),
+            mode: 0o644,
+        },
+    );
+    local.put(b"a/b c/d\ne/nested $(x).txt", b"deep", false);
+    expected.insert(b"a".to_vec(), Node::Dir);
+    expected.insert(b"a/b c".to_vec(), Node::Dir);
+    expected.insert(b"a/b c/d\ne".to_vec(), Node::Dir);
+    expected.insert(
+        b"a/b c/d\ne/nested $(x).txt".to_vec(),
+        Node::File {
+            content: b"deep".to_vec(),
+            mode: 0o644,
+        },
+    );
+    let long = format!("long/{}/{}", "d".repeat(120), "n".repeat(150));
+    local.put(long.as_bytes(), b"long", false);
+    expected.insert(b"long".to_vec(), Node::Dir);
+    expected.insert(format!("long/{}", "d".repeat(120)).into_bytes(), Node::Dir);
+    expected.insert(
+        long.clone().into_bytes(),
+        Node::File {
+            content: b"long".to_vec(),
+            mode: 0o644,
+        },
+    );
+    local.link(b"link", b"run.sh");
+    expected.insert(b"link".to_vec(), Node::Link(b"run.sh".to_vec()));
+    local.delete(b"gone-dir");
+    local.delete(b"gone-file");
+    local.delete(b"old name");
+    local.put(b"new name/renamed", b"r", false);
+    expected.insert(b"new name".to_vec(), Node::Dir);
+    expected.insert(
+        b"new name/renamed".to_vec(),
+        Node::File {
+            content: b"r".to_vec(),
+            mode: 0o644,
+        },
+    );
+
+    let (len, bytes) = payload_bytes(&local.entries).await;
+    let argv = deliver_argv(
+        root.to_str().unwrap(),
+        len,
+        Some("echo reloaded; echo to-stderr >&2"),
+    );
+    let work = scratch.path().join("cwd");
+    let (code, stdout, stderr) = run(shell, scratch.path(), &argv, &bytes, &[]);
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert_eq!(code, 0, "{shell:?}: stderr: {stderr}");
+    let report = remote::parse_deliver_output(&stdout).unwrap();
+    assert!(report.complete, "{shell:?}: {report:?} {stderr}");
+    assert!(report.failed.is_empty(), "{shell:?}: {:?}", report.failed);
+    assert_eq!(report.reload_exit, Some(0));
+    assert!(
+        stderr.contains("reloaded") && stderr.contains("to-stderr"),
+        "{stderr}"
+    );
+
+    let actual = tree(&root);
+    let actual_keys: Vec<_> = actual
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).to_string())
+        .collect();
+    let expected_keys: Vec<_> = expected
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).to_string())
+        .collect();
+    assert_eq!(actual_keys, expected_keys, "{shell:?}: tree differs");
+    assert_eq!(actual, expected, "{shell:?}: content or modes differ");
+    assert!(!scratch.path().join("PWNED").exists());
+    assert!(!work.join("PWNED").exists());
+    assert!(!root.join("PWNED").exists());
+}
+
+#[tokio::test]
+async fn deliver_script_applies_a_hostile_tree_with_host_tools() {
+    full_tree_case(Shell::Host).await;
+}
+
+#[tokio::test]
+async fn deliver_script_applies_a_hostile_tree_with_busybox() {
+    full_tree_case(Shell::Busybox).await;
+}
+
+async fn truncated_case(shell: Shell) {
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a"), b"old").unwrap();
+    std::fs::write(root.join("doomed"), b"keep me").unwrap();
+    let mut local = Local {
+        dir: scratch.path().to_path_buf(),
+        entries: Vec::new(),
+    };
+    local.put(b"a", &vec![b'n'; 100_000], false);
+    local.put(b"b", b"b", false);
+    local.delete(b"doomed");
+    let (len, bytes) = payload_bytes(&local.entries).await;
+    let argv = deliver_argv(root.to_str().unwrap(), len, Some("touch RELOADED"));
+    // Cut at several places: inside the delete list, inside a file, just
+    // before the completion marker. Nothing may change in any of them.
+    for cut in [100usize, 700, 50_000, bytes.len() - 2000] {
+        let (code, stdout, _) = run(shell, scratch.path(), &argv, &bytes[..cut], &[]);
+        let report = remote::parse_deliver_output(&stdout).unwrap();
+        assert!(!report.complete, "{shell:?} cut at {cut}");
+        assert!(
+            report.truncated.is_some(),
+            "{shell:?} cut at {cut}: {report:?}"
+        );
+        assert_ne!(code, 0);
+        let mut names: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["a", "doomed"],
+            "{shell:?} cut at {cut}: staging left or partial apply"
+        );
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"old");
+    }
+}
+
+#[tokio::test]
+async fn truncated_stream_applies_nothing_with_host_tools() {
+    truncated_case(Shell::Host).await;
+}
+
+#[tokio::test]
+async fn truncated_stream_applies_nothing_with_busybox() {
+    truncated_case(Shell::Busybox).await;
+}
+
+/// A PATH with the host's tools except `without` (Debian's static busybox
+/// runs its applets even when they are not in PATH, so it cannot lack tar).
+fn host_bin_without(dir: &Path, without: &str) -> PathBuf {
+    let bin = dir.join("hostbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in [
+        "dd",
+        "find",
+        "xargs",
+        "mv",
+        "rm",
+        "mkdir",
+        "stat",
+        "sha256sum",
+        "tar",
+    ] {
+        if tool != without {
+            for prefix in ["/usr/bin", "/bin"] {
+                let real = Path::new(prefix).join(tool);
+                if real.exists() {
+                    std::os::unix::fs::symlink(real, bin.join(tool)).unwrap();
+                    break;
+                }
+            }
+        }
+    }
+    bin
+}
+
+#[tokio::test]
+async fn missing_tar_is_reported_by_name() {
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("root");
+    let mut local = Local {
+        dir: scratch.path().to_path_buf(),
+        entries: Vec::new(),
+    };
+    local.put(b"a", b"a", false);
+    let (len, bytes) = payload_bytes(&local.entries).await;
+    let argv = deliver_argv(root.to_str().unwrap(), len, None);
+    let bin = host_bin_without(scratch.path(), "tar");
+    let out = Command::new("/bin/sh")
+        .args(&argv[1..])
+        .env("PATH", &bin)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (code, stdout) = (out.status.code().unwrap(), out.stdout);
+    drop(bytes);
+    assert_eq!(code, remote::EXIT_MISSING_TOOL);
+    let report = remote::parse_deliver_output(&stdout).unwrap();
+    assert_eq!(report.missing_tool.as_deref(), Some("tar"));
+}
+
+#[tokio::test]
+async fn failing_reload_reports_its_exit_code() {
+    for shell in [Shell::Host, Shell::Busybox] {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("root");
+        let mut local = Local {
+            dir: scratch.path().to_path_buf(),
+            entries: Vec::new(),
+        };
+        local.put(b"a", b"a", false);
+        let (len, bytes) = payload_bytes(&local.entries).await;
+        let argv = deliver_argv(root.to_str().unwrap(), len, Some("echo boom >&2; exit 7"));
+        let (code, stdout, stderr) = run(shell, scratch.path(), &argv, &bytes, &[]);
+        assert_eq!(code, 0);
+        let report = remote::parse_deliver_output(&stdout).unwrap();
+        assert!(report.complete);
+        assert_eq!(report.reload_exit, Some(7));
+        assert!(String::from_utf8_lossy(&stderr).contains("boom"));
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"a");
+    }
+}
+
+#[tokio::test]
+async fn an_entry_the_container_refuses_is_reported_and_the_rest_lands() {
+    for shell in [Shell::Host, Shell::Busybox] {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("root");
+        // A non-empty folder where a file should go, without a delete for it.
+        std::fs::create_dir_all(root.join("blocked/inner")).unwrap();
+        let mut local = Local {
+            dir: scratch.path().to_path_buf(),
+            entries: Vec::new(),
+        };
+        local.put(b"blocked", b"file", false);
+        local.put(b"fine", b"fine", false);
+        let (len, bytes) = payload_bytes(&local.entries).await;
+        let argv = deliver_argv(root.to_str().unwrap(), len, None);
+        let (_, stdout, _) = run(shell, scratch.path(), &argv, &bytes, &[]);
+        let report = remote::parse_deliver_output(&stdout).unwrap();
+        assert!(report.complete, "{shell:?}");
+        assert_eq!(report.failed.len(), 1, "{shell:?}: {:?}", report.failed);
+        assert_eq!(report.failed[0].0, b"blocked");
+        assert_eq!(std::fs::read(root.join("fine")).unwrap(), b"fine");
+        assert!(root.join("blocked/inner").is_dir());
+        let leftovers: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(".podloop-stage"))
+            .collect();
+        assert!(leftovers.is_empty(), "{shell:?}");
+    }
+}
+
+#[tokio::test]
+async fn manifest_script_hashes_every_file_with_odd_names() {
+    use sha2::Digest;
+    for shell in [Shell::Host, Shell::Busybox] {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("root");
+        std::fs::create_dir_all(root.join("sub dir")).unwrap();
+        std::fs::create_dir_all(root.join(".podloop-stage-123")).unwrap();
+        std::fs::write(root.join(".podloop-stage-123/skip"), b"x").unwrap();
+        let mut expected = BTreeMap::new();
+        for (i, name) in hostile_names().into_iter().enumerate() {
+            let content = vec![b'a' + i as u8; i * 100];
+            std::fs::write(root.join(os(name)), &content).unwrap();
+            expected.insert(
+                name.to_vec(),
+                (
+                    content.len() as u64,
+                    sha2::Sha256::digest(&content).to_vec(),
+                ),
+            );
+        }
+        std::fs::write(root.join("sub dir/back\\slash\nnl"), b"z").unwrap();
+        expected.insert(
+            b"sub dir/back\\slash\nnl".to_vec(),
+            (1, sha2::Sha256::digest(b"z").to_vec()),
+        );
+        std::fs::set_permissions(
+            root.join("with space.txt"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("with space.txt", root.join("alink")).unwrap();
+
+        let argv = manifest_argv(root.to_str().unwrap());
+        let (code, stdout, stderr) = run(shell, scratch.path(), &argv, b"", &[]);
+        assert_eq!(code, 0, "{shell:?}: {}", String::from_utf8_lossy(&stderr));
+        let ManifestOutput::Files(files) = remote::parse_manifest_output(&stdout).unwrap() else {
+            panic!("{shell:?}: expected files");
+        };
+        let actual: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = files
+            .iter()
+            .map(|f| (f.path.clone(), (f.size, f.sha256.to_vec())))
+            .collect();
+        assert_eq!(actual, expected, "{shell:?}");
+        let exe = files.iter().find(|f| f.path == b"with space.txt").unwrap();
+        assert_eq!(exe.mode & 0o777, 0o755);
+
+        let missing = scratch.path().join("nope");
+        let (_, stdout, _) = run(
+            shell,
+            scratch.path(),
+            &manifest_argv(missing.to_str().unwrap()),
+            b"",
+            &[],
+        );
+        assert_eq!(
+            remote::parse_manifest_output(&stdout).unwrap(),
+            ManifestOutput::NoRoot
+        );
+    }
+}
