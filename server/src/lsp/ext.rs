@@ -94,7 +94,9 @@ impl Command {
     }
 
     pub fn from_name(name: &str) -> Option<Command> {
-        Command::ALL.into_iter().find(|command| command.name() == name)
+        Command::ALL
+            .into_iter()
+            .find(|command| command.name() == name)
     }
 }
 

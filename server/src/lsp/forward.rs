@@ -49,7 +49,9 @@ pub async fn forward_outputs(session: Arc<Session>, mut outputs: mpsc::Unbounded
                 client.publish_diagnostics(uri, diagnostics, None).await;
             }
             Output::Message { level, text } => {
-                client.show_message(level_to_message_type(level), text).await;
+                client
+                    .show_message(level_to_message_type(level), text)
+                    .await;
             }
             Output::Log { level, text } => {
                 client.log_message(level_to_message_type(level), text).await;

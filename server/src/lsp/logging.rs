@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, reload};
+use tracing_subscriber::{reload, EnvFilter};
 
 use crate::lsp::server::LogLevelSetter;
 

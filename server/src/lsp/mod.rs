@@ -24,6 +24,7 @@ use tower_lsp_server::{LspService, Server};
 
 pub use server::{EngineStarter, LogLevelSetter, PodloopServer, ServerOptions, Session};
 
+use crate::convert::kube::{KubeCluster, KubeOptions};
 use crate::engine::Input;
 
 /// How long the engine gets to stop its background work once the client has
@@ -123,10 +124,16 @@ pub fn run_stdio() -> anyhow::Result<()> {
 }
 
 fn kube_engine_starter() -> EngineStarter {
-    // Replaced by `convert::kube::KubeCluster` as soon as the transport lands.
-    Box::new(|_options| {
+    Box::new(|options| {
         Box::pin(async move {
-            Err("the kube transport is not built into this podloop yet".to_owned())
+            // The kubeconfig comes from `$KUBECONFIG` or `~/.kube/config`,
+            // as for kubectl; a `context` override picks the default context.
+            let cluster = KubeCluster::new(KubeOptions {
+                kubeconfig: None,
+                context: options.overrides.context.clone(),
+            })
+            .map_err(|error| error.to_string())?;
+            Ok(crate::engine::start(cluster, options))
         })
     })
 }

@@ -7,12 +7,12 @@
 use std::collections::HashMap;
 
 use tokio::sync::mpsc;
-use tower_lsp_server::Client;
 use tower_lsp_server::ls_types::notification::Progress as ProgressNotification;
 use tower_lsp_server::ls_types::{
     NumberOrString, ProgressParams, ProgressParamsValue, ProgressToken, WorkDoneProgress,
     WorkDoneProgressBegin, WorkDoneProgressEnd, WorkDoneProgressReport,
 };
+use tower_lsp_server::Client;
 
 use crate::engine::Progress;
 

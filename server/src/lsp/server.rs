@@ -269,10 +269,7 @@ impl LanguageServer for PodloopServer {
     }
 
     async fn did_change_workspace_folders(&self, params: DidChangeWorkspaceFoldersParams) {
-        handlers::did_change_workspace_folders::did_change_workspace_folders(
-            &self.session,
-            params,
-        );
+        handlers::did_change_workspace_folders::did_change_workspace_folders(&self.session, params);
     }
 
     async fn did_change_watched_files(&self, params: DidChangeWatchedFilesParams) {

@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 
 use tokio::sync::watch;
-use tower_lsp_server::Client;
 use tower_lsp_server::ls_types::{
     DidChangeWatchedFilesRegistrationOptions, FileSystemWatcher, GlobPattern, OneOf, Registration,
     RelativePattern, Unregistration,
 };
+use tower_lsp_server::Client;
 
 use crate::convert::lsp::path_to_uri;
 use crate::lsp::server::CONFIG_FILE_NAME;

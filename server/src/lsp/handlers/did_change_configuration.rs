@@ -24,7 +24,10 @@ pub async fn did_change_configuration(session: &Session, params: DidChangeConfig
 async fn apply(session: &Session, settings: Settings) {
     if let Some(level) = &settings.log_level {
         if let Err(error) = session.apply_log_level(level) {
-            session.client.show_message(MessageType::WARNING, error).await;
+            session
+                .client
+                .show_message(MessageType::WARNING, error)
+                .await;
         }
     }
     session.send(Input::SetOverrides(settings_to_overrides(&settings)));

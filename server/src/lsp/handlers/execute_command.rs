@@ -100,7 +100,11 @@ async fn command_progress(
         None if session.features().work_done_progress => {
             let id = NEXT_COMMAND_TOKEN.fetch_add(1, Ordering::Relaxed);
             let token = NumberOrString::String(format!("podloop/command/{id}"));
-            if let Err(error) = session.client.create_work_done_progress(token.clone()).await {
+            if let Err(error) = session
+                .client
+                .create_work_done_progress(token.clone())
+                .await
+            {
                 tracing::debug!(%error, "client refused command progress");
                 return None;
             }

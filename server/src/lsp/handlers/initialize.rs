@@ -8,8 +8,9 @@ use tower_lsp_server::ls_types::{
     ExecuteCommandOptions, FileOperationFilter, FileOperationPattern,
     FileOperationRegistrationOptions, InitializeParams, InitializeResult, OneOf, SaveOptions,
     ServerCapabilities, ServerInfo, TextDocumentSyncCapability, TextDocumentSyncKind,
-    TextDocumentSyncOptions, TextDocumentSyncSaveOptions, WorkspaceFileOperationsServerCapabilities,
-    WorkspaceFoldersServerCapabilities, WorkspaceServerCapabilities,
+    TextDocumentSyncOptions, TextDocumentSyncSaveOptions,
+    WorkspaceFileOperationsServerCapabilities, WorkspaceFoldersServerCapabilities,
+    WorkspaceServerCapabilities,
 };
 
 use crate::convert::lsp::{settings_to_overrides, uri_to_path};
