@@ -3,8 +3,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kubesim::{Image, PodTemplate, ReplaceOrder};
-#[allow(unused_imports)]
-use kubesim::Sim as _;
+use tokio::io::AsyncBufReadExt;
 use podloop_e2e::{kubectl_command, pseudo_random_bytes, require_busybox, require_kubectl, run_with_deadline, TestSim};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -75,6 +74,7 @@ async fn kubectl_exec_pipes_one_mebibyte_and_propagates_exit_codes() {
     for (version, bin) in kubectls() {
         let out = kubectl(&bin, &sim, &["exec", "-i", "multi", "--", "sh", "-c", "cat > /tmp/in && cat /tmp/in"], Some(&payload)).await;
         assert_ok(&out, "exec -i");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "kubectl {version}: a clean exec logs nothing");
         assert!(out.stdout == payload, "kubectl {version}: 1 MiB round trip differs ({} bytes back)", out.stdout.len());
         assert_eq!(sim.read_file("default", "multi", "main", "/tmp/in").unwrap(), payload);
 
@@ -95,5 +95,139 @@ async fn kubectl_exec_pipes_one_mebibyte_and_propagates_exit_codes() {
     }
     let protocols: Vec<String> = sim.exec_log().into_iter().map(|r| r.protocol).collect();
     assert!(protocols.iter().all(|p| p == "v5.channel.k8s.io"), "{protocols:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_watch_sees_a_replacement() {
+    if !require_busybox() {
+        return;
+    }
+    let sim = TestSim::start().await;
+    sim.create_pod(PodTemplate::new("api").label("app", "api").container("app", Image::Busybox)).await.unwrap();
+    let mut current = "api".to_string();
+    for (version, bin) in kubectls() {
+        let mut cmd = kubectl_command(&bin, &sim.kubeconfig_path());
+        cmd.args(["get", "pods", "-l", "app=api", "-w"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut next_line = async || {
+            tokio::time::timeout(DEADLINE, lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("kubectl {version} get -w printed nothing in time"))
+                .unwrap()
+                .expect("kubectl get -w ended early")
+        };
+        let header = next_line().await;
+        assert!(header.starts_with("NAME"), "kubectl {version}: {header}");
+        let first = next_line().await;
+        assert!(first.starts_with(&current), "kubectl {version}: {first}");
+        let new = sim.replace_pod("default", &current, ReplaceOrder::NewFirst).await.unwrap();
+        let mut saw_new_running = false;
+        let mut saw_old_terminating = false;
+        while !(saw_new_running && saw_old_terminating) {
+            let line = next_line().await;
+            assert!(!line.starts_with("NAME"), "kubectl {version}: headers are printed once: {line}");
+            if line.starts_with(&new.name) && line.contains("1/1") && line.contains("Running") {
+                saw_new_running = true;
+            }
+            if line.starts_with(&format!("{current} ")) && line.contains("Terminating") {
+                saw_old_terminating = true;
+            }
+        }
+        child.start_kill().unwrap();
+        let _ = child.wait().await;
+        current = new.name;
+    }
+    sim.shutdown().await;
+}
+
+fn write_tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let files = [
+        ("a.txt", pseudo_random_bytes(10, 1)),
+        ("dir/b.bin", pseudo_random_bytes(300_000, 2)),
+        ("dir/sub/$(reboot) c", pseudo_random_bytes(5_000, 3)),
+        ("dir/empty", Vec::new()),
+    ];
+    files
+        .into_iter()
+        .map(|(rel, content)| {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &content).unwrap();
+            (PathBuf::from(rel), content)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_cp_round_trips_a_tree() {
+    if !require_busybox() {
+        return;
+    }
+    let sim = TestSim::start().await;
+    // As in a real cluster, `kubectl cp` needs the parent directory to exist.
+    sim.create_pod(PodTemplate::new("box").container("app", Image::Busybox).file("/srv/.keep", "")).await.unwrap();
+    sim.create_pod(PodTemplate::new("deb").container("app", Image::Host).file("/srv/.keep", "")).await.unwrap();
+    let local = sim.dir().join("cp-local");
+    let files = write_tree(&local);
+    for (version, bin) in kubectls() {
+        for pod in ["box", "deb"] {
+            let target = format!("{pod}:/srv/tree-{version}");
+            let up = kubectl(&bin, &sim, &["cp", local.to_str().unwrap(), &target], None).await;
+            assert_ok(&up, "cp into the pod");
+            for (rel, content) in &files {
+                let inside = format!("/srv/tree-{version}/{}", rel.display());
+                assert_eq!(&sim.read_file("default", pod, "app", &inside).unwrap(), content, "kubectl {version} {pod} {inside}");
+            }
+            let back = sim.dir().join(format!("cp-back-{pod}-{version}"));
+            let down = kubectl(&bin, &sim, &["cp", &target, back.to_str().unwrap()], None).await;
+            assert_ok(&down, "cp out of the pod");
+            for (rel, content) in &files {
+                assert_eq!(&std::fs::read(back.join(rel)).unwrap(), content, "kubectl {version} {pod} back {}", rel.display());
+            }
+        }
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_and_delete() {
+    if !require_busybox() {
+        return;
+    }
+    let sim = TestSim::start().await;
+    for (version, bin) in kubectls() {
+        let name = format!("talker-{}", version.replace('.', "-"));
+        sim.create_pod(
+            PodTemplate::new(&name)
+                .container("app", Image::Busybox)
+                .command("echo started; echo oops >&2; trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"),
+        )
+        .await
+        .unwrap();
+        let logs = podloop_e2e::eventually("the log lines", DEADLINE, || {
+            let (bin, sim, name) = (&bin, &sim, &name);
+            async move {
+                let out = kubectl(bin, sim, &["logs", name], None).await;
+                (out.status.success() && stdout(&out).contains("oops")).then(|| stdout(&out))
+            }
+        })
+        .await;
+        assert_eq!(logs, "started\noops\n", "kubectl {version}");
+        let tail = kubectl(&bin, &sim, &["logs", &name, "--tail=1"], None).await;
+        assert_eq!(stdout(&tail), "oops\n", "kubectl {version}");
+
+        let deleted = kubectl(&bin, &sim, &["delete", "pod", &name], None).await;
+        assert_ok(&deleted, "delete pod");
+        assert_eq!(stdout(&deleted), format!("pod \"{name}\" deleted\n"), "kubectl {version}");
+        assert!(!sim.pod_names("default").contains(&name), "kubectl delete waits until the pod is gone");
+        let gone = kubectl(&bin, &sim, &["get", "pod", &name], None).await;
+        assert!(!gone.status.success());
+        assert!(String::from_utf8_lossy(&gone.stderr).contains(&format!("pods \"{name}\" not found")), "{}", String::from_utf8_lossy(&gone.stderr));
+    }
     sim.shutdown().await;
 }
