@@ -104,6 +104,7 @@ class Controller implements vscode.Disposable {
       isExecutableFile,
     });
     if (binary.kind !== 'found') {
+      this.log(`podloop.server.path: ${JSON.stringify(config.inspect('server.path'))}`);
       const message = describeMissingBinary(binary);
       this.log(message);
       if (binary.kind === 'not-found') {

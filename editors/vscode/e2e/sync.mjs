@@ -1,0 +1,158 @@
+// End-to-end: the packaged extension in a real VS Code (code-server 4.100.3,
+// driven by Playwright with Debian's Chromium), against kubesim and the real
+// `podloop` binary.
+//
+// open the workspace → open a mapped file → type → Ctrl+S
+//   ⇒ the pod holds exactly the saved bytes (read back with the real kubectl)
+//   ⇒ the status bar names the pod and the batch time; its hover lists the target
+// delete the pod → type → Ctrl+S
+//   ⇒ the status bar turns to the error state
+//
+// Every wait polls a condition with a deadline; every process started here is
+// stopped by its process group id at the end, also on failure.
+
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import {
+  appendLineAndSave,
+  bins,
+  checkPrerequisites,
+  execFileAsync,
+  imagesDir,
+  log,
+  mainProgram,
+  openFile,
+  statusItem,
+  waitFor,
+  waitForStatus,
+} from './harness.mjs';
+
+const POD = 'api-7d8f4';
+const CONTAINER = 'api';
+const REMOTE_FILE = '/app/src/app.py';
+const ORIGINAL = "print('hello from the pod')\n";
+
+async function kubectl(kubeconfig, ...args) {
+  const { stdout } = await execFileAsync(bins.kubectl, ['--kubeconfig', kubeconfig, ...args], {
+    timeout: 20_000,
+    maxBuffer: 16 * 1024 * 1024,
+  });
+  return stdout;
+}
+
+async function startKubesim(run) {
+  const simDir = path.join(run.root, 'sim');
+  fs.mkdirSync(simDir);
+  const podsFile = path.join(run.root, 'pods.json');
+  fs.writeFileSync(
+    podsFile,
+    JSON.stringify([
+      {
+        name: POD,
+        namespace: 'default',
+        labels: { app: 'api' },
+        containers: [{ name: CONTAINER, image: 'busybox', files: { [REMOTE_FILE]: ORIGINAL } }],
+      },
+    ]),
+  );
+  run.start('kubesim', bins.kubesim, ['serve', '--dir', simDir, '--pods', podsFile]);
+  const kubeconfig = path.join(simDir, 'kubeconfig');
+  await waitFor('kubesim to serve the pod', async () => {
+    if (!fs.existsSync(kubeconfig)) {
+      return false;
+    }
+    return (await kubectl(kubeconfig, 'exec', POD, '-c', CONTAINER, '--', 'cat', REMOTE_FILE)) === ORIGINAL;
+  });
+  log('kubesim serves the pod');
+  return kubeconfig;
+}
+
+function writeWorkspace(run) {
+  const workspace = path.join(run.root, 'workspace');
+  fs.mkdirSync(path.join(workspace, 'src'), { recursive: true });
+  fs.writeFileSync(
+    path.join(workspace, 'podloop.toml'),
+    ['[[sync]]', 'name = "api"', 'local = "src"', 'remote = "/app/src"', 'selector = "app=api"', `container = "${CONTAINER}"`, ''].join('\n'),
+  );
+  fs.writeFileSync(path.join(workspace, 'src', 'app.py'), ORIGINAL);
+  return workspace;
+}
+
+await mainProgram('sync', async (run) => {
+  checkPrerequisites(['podloop', 'kubesim', 'codeServer', 'chromium', 'kubectl']);
+  const kubeconfig = await startKubesim(run);
+  const workspace = writeWorkspace(run);
+  const localFile = path.join(workspace, 'src', 'app.py');
+  const page = await run.startCodeServer({
+    workspace,
+    settings: { 'podloop.logLevel': 'debug' },
+    machineSettings: { 'podloop.server.path': bins.podloop },
+    // The extension host, and so the server it starts, inherits this.
+    env: { KUBECONFIG: kubeconfig },
+  });
+
+  const before = await waitForStatus(page, 'a healthy target', (label) => label.startsWith('podloop ok') && label.includes(POD), {
+    timeoutMs: 60_000,
+  });
+  log(`status before the save: ${before}`);
+
+  await openFile(page, 'app.py');
+  log('app.py is open');
+  const nonce = randomBytes(4).toString('hex');
+  const savedAt = Date.now();
+  await appendLineAndSave(page, `print('saved in VS Code ${nonce}')`);
+  const onDisk = fs.readFileSync(localFile, 'utf8');
+  if (!onDisk.includes(nonce)) {
+    throw new Error(`the editor did not write the typed text to disk:\n${onDisk}`);
+  }
+  await waitFor(
+    'the saved file to arrive in the pod',
+    async () => (await kubectl(kubeconfig, 'exec', POD, '-c', CONTAINER, '--', 'cat', REMOTE_FILE)) === onDisk,
+    { timeoutMs: 30_000, intervalMs: 200 },
+  );
+  log(`the pod holds the saved bytes (${Buffer.byteLength(onDisk)} bytes), seen ${Date.now() - savedAt} ms after Ctrl+S`);
+
+  const synced = await waitForStatus(page, 'the sync', (label) =>
+    new RegExp(`^podloop ok idle: ${POD} · \\d+(\\.\\d+)? (ms|s)$`).test(label),
+  );
+  const item = statusItem(page);
+  const syncedText = (await item.innerText()).trim();
+  log(`status after the save: ${synced} (visible text "${syncedText}")`);
+  if (!syncedText.startsWith(POD) || !/ · \d+(\.\d+)? (ms|s)$/.test(syncedText)) {
+    throw new Error(`the visible status bar text does not name the pod and the batch time: "${syncedText}"`);
+  }
+  if ((await item.locator('.codicon-check').count()) !== 1) {
+    throw new Error('the status bar item does not show the check icon after a successful sync');
+  }
+
+  // The hover lists every target with its state and the last batch.
+  await item.hover();
+  const hover = page.locator('.workbench-hover', { hasText: 'synced' }).first();
+  await hover.waitFor({ timeout: 10_000 });
+  const hoverText = await hover.innerText();
+  if (!hoverText.includes(POD) || !/1 file, \d+ B in \d+/.test(hoverText)) {
+    throw new Error(`the status bar hover does not list the synced target and its last batch:\n${hoverText}`);
+  }
+  fs.mkdirSync(imagesDir, { recursive: true });
+  await page.screenshot({ path: path.join(imagesDir, 'status-bar.png') });
+  log('screenshot: images/status-bar.png');
+  await page.mouse.move(640, 300);
+
+  // Break the target: the pod goes away, and the next save cannot be delivered.
+  await kubectl(kubeconfig, 'delete', 'pod', POD, '--wait=true', '--timeout=20s');
+  log(`deleted pod ${POD}`);
+  await appendLineAndSave(page, `print('saved after the pod was deleted ${nonce}')`);
+  const broken = await waitForStatus(page, 'the error state', (label) => label.startsWith('podloop error'));
+  const brokenText = (await item.innerText()).trim();
+  log(`status after deleting the pod: ${broken} (visible text "${brokenText}")`);
+  if ((await item.locator('.codicon-error, .codicon-debug-disconnect').count()) !== 1) {
+    throw new Error('the status bar item does not show an error icon after the pod was deleted');
+  }
+  if (!/\berror-kind\b/.test((await item.getAttribute('class')) ?? '')) {
+    throw new Error('the status bar item does not use the error background after the pod was deleted');
+  }
+  await page.screenshot({ path: path.join(imagesDir, 'error-state.png') });
+  log('screenshot: images/error-state.png');
+});
