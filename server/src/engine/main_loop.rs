@@ -1674,7 +1674,7 @@ fn backoff(attempt: u32) -> Duration {
     base.mul_f64(jitter)
 }
 
-pub(crate) fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
     let mut value = n as f64;
     let mut unit = 0;

@@ -8,6 +8,7 @@ pub mod mapping;
 mod plan;
 
 pub use api::*;
+pub use main_loop::human_bytes;
 
 use tokio::sync::mpsc;
 
