@@ -225,6 +225,17 @@ async fn pump(mut reader: impl tokio::io::AsyncRead + Unpin, channel: u8, out: m
     }
 }
 
+/// The next client message; pending forever once the connection was dropped on purpose.
+async fn next_message<S>(incoming: &mut Option<S>) -> Option<<S as futures::Stream>::Item>
+where
+    S: futures::Stream + Unpin,
+{
+    match incoming {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Makes the kernel answer the peer with RST when the socket closes: a dropped connection.
 fn arm_reset(fd: RawFd) {
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
@@ -292,7 +303,7 @@ async fn run_session<S>(
     let status = loop {
         tokio::select! {
             status = &mut finished => break status,
-            message = incoming.as_mut().expect("guarded by the precondition").next(), if incoming.is_some() && !client_gone => {
+            message = next_message(&mut incoming), if !client_gone => {
                 let data = match message {
                     Some(Ok(Message::Binary(data))) => data,
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {

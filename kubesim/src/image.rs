@@ -162,6 +162,17 @@ fn build_host(root: &Path) -> io::Result<()> {
     Ok(())
 }
 
+fn replace_shell_with_host_sh(root: &Path) -> io::Result<()> {
+    let host_sh = find_on_host("sh").ok_or_else(|| io::Error::other("busybox-notar needs the host's /bin/sh"))?;
+    let target = root.join("bin/sh");
+    let _ = fs::remove_file(&target);
+    fs::copy(&host_sh, &target).map_err(|e| io_context(e, host_sh.display()))?;
+    for lib in shared_libraries(&host_sh)? {
+        copy_host_file(root, &lib)?;
+    }
+    Ok(())
+}
+
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     let meta = path.symlink_metadata()?;
@@ -196,7 +207,12 @@ pub fn build_root(root: &Path, container: &ContainerTemplate) -> io::Result<()> 
     base_layout(root)?;
     match container.image {
         Image::Host => build_host(root)?,
-        Image::BusyboxNotar => build_busybox(root, false)?,
+        Image::BusyboxNotar => {
+            build_busybox(root, false)?;
+            // busybox's own sh runs applets through /proc/self/exe even without their links,
+            // so a busybox sh would still find `tar`: use the host's plain sh instead.
+            replace_shell_with_host_sh(root)?;
+        }
         Image::Busybox | Image::BusyboxReadOnly | Image::BusyboxNonroot => {
             build_busybox(root, true)?
         }
