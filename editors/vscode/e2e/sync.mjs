@@ -6,7 +6,8 @@
 //   ⇒ the pod holds exactly the saved bytes (read back with the real kubectl)
 //   ⇒ the status bar names the pod and the batch time; its hover lists the target
 // delete the pod → type → Ctrl+S
-//   ⇒ the status bar turns to the error state
+//   ⇒ the status bar shows the problem (icon, colour, message, "1 pending"),
+//     and the server's message is a notification with "Show logs"
 //
 // Every wait polls a condition with a deadline; every process started here is
 // stopped by its process group id at the end, also on failure.
@@ -23,6 +24,7 @@ import {
   imagesDir,
   log,
   mainProgram,
+  notification,
   openFile,
   statusItem,
   waitFor,
@@ -74,7 +76,7 @@ function writeWorkspace(run) {
   fs.mkdirSync(path.join(workspace, 'src'), { recursive: true });
   fs.writeFileSync(
     path.join(workspace, 'podloop.toml'),
-    ['[[sync]]', 'name = "api"', 'local = "src"', 'remote = "/app/src"', 'selector = "app=api"', `container = "${CONTAINER}"`, ''].join('\n'),
+    ['namespace = "default"', '', '[[sync]]', 'name = "api"', 'local = "src"', 'remote = "/app/src"', 'selector = "app=api"', `container = "${CONTAINER}"`, ''].join('\n'),
   );
   fs.writeFileSync(path.join(workspace, 'src', 'app.py'), ORIGINAL);
   return workspace;
@@ -129,12 +131,21 @@ await mainProgram('sync', async (run) => {
 
   // The hover lists every target with its state and the last batch.
   await item.hover();
-  const hover = page.locator('.workbench-hover', { hasText: 'synced' }).first();
-  await hover.waitFor({ timeout: 10_000 });
-  const hoverText = await hover.innerText();
-  if (!hoverText.includes(POD) || !/1 file, \d+ B in \d+/.test(hoverText)) {
-    throw new Error(`the status bar hover does not list the synced target and its last batch:\n${hoverText}`);
-  }
+  const hovers = page.locator('.workbench-hover:visible');
+  const hoverText = await waitFor(
+    'the status bar hover to list the synced target and its last batch',
+    async () => {
+      // Opacity 1: the fade-in is over, so the screenshot below shows the hover crisp.
+      const shown = await hovers.evaluateAll((elements) =>
+        elements.map((element) => ({ text: element.innerText, opaque: getComputedStyle(element).opacity === '1' })),
+      );
+      return shown.find(
+        ({ text, opaque }) => opaque && text.includes(POD) && /\bsynced\b/.test(text) && /1 file, \d+ B in \d+/.test(text),
+      )?.text;
+    },
+    { timeoutMs: 10_000 },
+  );
+  log(`hover: ${hoverText.replace(/\s+/g, ' ').slice(0, 200)}`);
   fs.mkdirSync(imagesDir, { recursive: true });
   await page.screenshot({ path: path.join(imagesDir, 'status-bar.png') });
   log('screenshot: images/status-bar.png');
@@ -144,15 +155,28 @@ await mainProgram('sync', async (run) => {
   await kubectl(kubeconfig, 'delete', 'pod', POD, '--wait=true', '--timeout=20s');
   log(`deleted pod ${POD}`);
   await appendLineAndSave(page, `print('saved after the pod was deleted ${nonce}')`);
-  const broken = await waitForStatus(page, 'the error state', (label) => label.startsWith('podloop error'));
+  // The server decides how bad a vanished pod is (today: `warning`, the save
+  // kept pending); the extension must show it as a problem, never as healthy.
+  const broken = await waitForStatus(page, 'the problem state', (label) => /^podloop (error|warning) /.test(label));
+  const health = broken.split(' ')[1];
   const brokenText = (await item.innerText()).trim();
   log(`status after deleting the pod: ${broken} (visible text "${brokenText}")`);
-  if ((await item.locator('.codicon-error, .codicon-debug-disconnect').count()) !== 1) {
-    throw new Error('the status bar item does not show an error icon after the pod was deleted');
+  if ((await item.locator(`.codicon-${health}`).count()) !== 1 || (await item.locator('.codicon-check').count()) !== 0) {
+    throw new Error(`the status bar item does not show the ${health} icon after the pod was deleted`);
   }
-  if (!/\berror-kind\b/.test((await item.getAttribute('class')) ?? '')) {
-    throw new Error('the status bar item does not use the error background after the pod was deleted');
+  if (!new RegExp(`\\b${health}-kind\\b`).test((await item.getAttribute('class')) ?? '')) {
+    throw new Error(`the status bar item does not use the ${health} background after the pod was deleted`);
   }
+  if (!/\b1 pending\b/.test(brokenText)) {
+    throw new Error(`the status bar does not say that the save is pending: "${brokenText}"`);
+  }
+  // The server's message about it is a notification with a way to the logs.
+  const toast = notification(page, 'app=api');
+  await toast.waitFor({ timeout: 15_000 });
+  if ((await toast.locator('.monaco-button', { hasText: 'Show logs' }).count()) !== 1) {
+    throw new Error(`the server's message has no "Show logs" button: ${await toast.innerText()}`);
+  }
+  log(`notification: ${(await toast.innerText()).replace(/\s+/g, ' ')}`);
   await page.screenshot({ path: path.join(imagesDir, 'error-state.png') });
   log('screenshot: images/error-state.png');
 });

@@ -25,6 +25,7 @@ import {
 import { MenuAction, menuItems } from './menu';
 import { PodloopStatus, STATUS_NOTIFICATION, ServerCommand, parseStatus } from './protocol';
 import { CrashBudget } from './restartPolicy';
+import { LastSyncMemory } from './syncMemory';
 import { INSTALL_HINT, describeMissingBinary, findServerBinary } from './serverBinary';
 import { LIVE_SETTINGS, RESTART_SETTINGS, serverOptions } from './settings';
 import { ClientPhase, renderStatus } from './statusView';
@@ -54,6 +55,7 @@ class Controller implements vscode.Disposable {
   /** Re-sent on a restart so a paused session stays paused. */
   private paused: boolean | undefined;
   private readonly budget = new CrashBudget();
+  private readonly lastSyncs = new LastSyncMemory();
   private readonly statusItem: vscode.StatusBarItem;
   readonly output: vscode.OutputChannel;
   /** Serialises start/stop so a double-clicked "Restart server" cannot start two servers. */
@@ -221,11 +223,12 @@ class Controller implements vscode.Disposable {
   }
 
   private onStatus(raw: unknown): void {
-    const status = parseStatus(raw);
-    if (status === undefined) {
+    const parsed = parseStatus(raw);
+    if (parsed === undefined) {
       this.log(`ignored a malformed ${STATUS_NOTIFICATION}: ${JSON.stringify(raw)}`);
       return;
     }
+    const status = this.lastSyncs.apply(parsed);
     this.lastStatus = status;
     this.paused = status.state === 'paused';
     this.setPhase({ kind: 'running', status });
