@@ -19,7 +19,7 @@ const HOST_PROGRAMS: &[&str] = &[
     "md5sum", "stat", "test", "[", "true", "false", "env", "id", "pwd", "readlink", "realpath",
     "dirname", "basename", "sort", "uniq", "tr", "cut", "date", "tee", "du", "df", "nproc",
     "mktemp", "sync", "uname", "whoami", "yes", "seq", "od", "cmp", "diff", "find", "xargs", "grep",
-    "sed", "kill", "ps", "sh", "which", "hostname",
+    "sed", "kill", "ps", "sh", "which", "hostname", "dd",
 ];
 
 fn io_context(err: io::Error, what: impl std::fmt::Display) -> io::Error {
@@ -190,10 +190,8 @@ pub fn path_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
     for component in Path::new(path).components() {
         match component {
             std::path::Component::Normal(c) => resolved.push(c),
-            std::path::Component::ParentDir => {
-                if resolved != root {
-                    resolved.pop();
-                }
+            std::path::Component::ParentDir if resolved != root => {
+                resolved.pop();
             }
             _ => {}
         }
