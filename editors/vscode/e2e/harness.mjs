@@ -314,16 +314,19 @@ export async function openFile(page, name) {
   await page.locator('.tab.active', { hasText: name }).waitFor({ timeout: 15_000 });
 }
 
+/** Types a line at the end of the active editor and saves; returns when Ctrl+S was pressed. */
 export async function appendLineAndSave(page, text) {
   await page.locator('.editor-instance .monaco-editor .view-lines').first().click();
   await page.keyboard.press('Control+End');
   await page.keyboard.type(text);
   await page.keyboard.press('Enter');
+  const savedAt = Date.now();
   await page.keyboard.press('Control+S');
   // The tab's dirty marker goes away once the file is on disk.
   await waitFor('the editor to finish saving', async () => (await page.locator('.tab.active.dirty').count()) === 0, {
     timeoutMs: 15_000,
   });
+  return savedAt;
 }
 
 /** Runs a palette command by its title, the way a user would. */
