@@ -32,7 +32,7 @@ async fn setup(image: Image, pods: &[&str]) -> Setup {
         sim.create_pod(
             PodTemplate::new(pod)
                 .label("app", "api")
-                .container("app", image.clone())
+                .container("app", image)
                 .file("/app/cache/keep.bin", "excluded: must survive")
                 .file("/app/stale.txt", "not in the local tree"),
         )
@@ -75,12 +75,18 @@ impl Setup {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         };
-        eprintln!("$ podloop {args:?} -> {}\n{}\n{}", o.code, o.stdout, o.stderr);
+        eprintln!(
+            "$ podloop {args:?} -> {}\n{}\n{}",
+            o.code, o.stdout, o.stderr
+        );
         o
     }
 
     fn app_root(&self, pod: &str) -> PathBuf {
-        self.sim.container_root("default", pod, "app").unwrap().join("app")
+        self.sim
+            .container_root("default", pod, "app")
+            .unwrap()
+            .join("app")
     }
 }
 
@@ -160,8 +166,15 @@ async fn hostile_round_trip(image: Image) {
     hostile_tree(&src);
     let out = s.podloop(&["sync", "--all"]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("api → default/api-1 (app): ok"), "{}", out.stdout);
-    assert_eq!(tree(&s.app_root("api-1"), &remote_skip), tree(&src, &local_skip));
+    assert!(
+        out.stdout.contains("api → default/api-1 (app): ok"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        tree(&s.app_root("api-1"), &remote_skip),
+        tree(&src, &local_skip)
+    );
     let root = s.sim.container_root("default", "api-1", "app").unwrap();
     assert!(!root.join("pwned").exists() && !root.join("app/pwned").exists());
     assert!(!root.join("app/pwned2").exists());
@@ -171,7 +184,10 @@ async fn hostile_round_trip(image: Image) {
         std::fs::read(s.app_root("api-1").join("cache/keep.bin")).unwrap(),
         b"excluded: must survive"
     );
-    assert!(!s.app_root("api-1").join("stale.txt").exists(), "extra files are deleted");
+    assert!(
+        !s.app_root("api-1").join("stale.txt").exists(),
+        "extra files are deleted"
+    );
 
     // Deletes of a file and a folder, a rename, an edit: a second sync --all.
     std::fs::remove_dir_all(src.join("gone")).unwrap();
@@ -182,9 +198,19 @@ async fn hostile_round_trip(image: Image) {
     assert_eq!(out.code, 0);
     // Two changed files, plus the link: a manifest lists regular files only,
     // so a fresh process cannot tell that the link is already there.
-    assert!(out.stdout.contains("sent 3 files, deleted 3"), "{}", out.stdout);
-    assert_eq!(tree(&s.app_root("api-1"), &remote_skip), tree(&src, &local_skip));
-    assert!(!s.app_root("api-1").join("gone").exists(), "the folder itself is removed");
+    assert!(
+        out.stdout.contains("sent 3 files, deleted 3"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        tree(&s.app_root("api-1"), &remote_skip),
+        tree(&src, &local_skip)
+    );
+    assert!(
+        !s.app_root("api-1").join("gone").exists(),
+        "the folder itself is removed"
+    );
 
     // Nothing differs now.
     let out = s.podloop(&["sync", "--all", "--check"]).await;
@@ -211,15 +237,27 @@ async fn sync_paths_two_replicas_and_check_reports_drift() {
     let out = s.podloop(&["sync", "src/one.txt"]).await;
     assert_eq!(out.code, 0);
     for pod in ["api-1", "api-2"] {
-        assert_eq!(std::fs::read(s.app_root(pod).join("one.txt")).unwrap(), b"one");
-        assert!(!s.app_root(pod).join("two.txt").exists(), "only the named path is sent");
+        assert_eq!(
+            std::fs::read(s.app_root(pod).join("one.txt")).unwrap(),
+            b"one"
+        );
+        assert!(
+            !s.app_root(pod).join("two.txt").exists(),
+            "only the named path is sent"
+        );
     }
     // Someone edits a file in the container: --check reports it, exit 1.
     std::fs::write(s.app_root("api-2").join("one.txt"), b"edited in a shell").unwrap();
     let out = s.podloop(&["sync", "--all", "--check"]).await;
     assert_eq!(out.code, 1);
-    assert!(out.stdout.contains("api-2") && out.stdout.contains("/app/one.txt: content differs"), "{}", out.stdout);
-    assert!(out.stdout.contains("/app/two.txt: missing in the container"));
+    assert!(
+        out.stdout.contains("api-2") && out.stdout.contains("/app/one.txt: content differs"),
+        "{}",
+        out.stdout
+    );
+    assert!(out
+        .stdout
+        .contains("/app/two.txt: missing in the container"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,11 +265,23 @@ async fn sync_without_a_config_file() {
     let s = setup(Image::Busybox, &["api-1"]).await;
     write(&s.src(), b"x/y.txt", b"adhoc");
     let out = s
-        .podloop(&["sync", "-n", "default", "-l", "app=api", "-c", "app", "./src:/srv/code"])
+        .podloop(&[
+            "sync",
+            "-n",
+            "default",
+            "-l",
+            "app=api",
+            "-c",
+            "app",
+            "./src:/srv/code",
+        ])
         .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let root = s.sim.container_root("default", "api-1", "app").unwrap();
-    assert_eq!(std::fs::read(root.join("srv/code/x/y.txt")).unwrap(), b"adhoc");
+    assert_eq!(
+        std::fs::read(root.join("srv/code/x/y.txt")).unwrap(),
+        b"adhoc"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,22 +290,48 @@ async fn error_cases_have_specific_messages() {
     write(&s.src(), b"a.txt", b"a");
 
     // No pod matches the selector.
-    std::fs::write(s.ws.path().join("podloop.toml"), CONFIG.replace("app=api", "app=nothing")).unwrap();
+    std::fs::write(
+        s.ws.path().join("podloop.toml"),
+        CONFIG.replace("app=api", "app=nothing"),
+    )
+    .unwrap();
     let out = s.podloop(&["sync", "--all"]).await;
     assert_eq!(out.code, 1);
-    assert!(format!("{}{}", out.stdout, out.stderr).contains("no pods match `app=nothing`"), "{}{}", out.stdout, out.stderr);
+    assert!(
+        format!("{}{}", out.stdout, out.stderr).contains("no pods match `app=nothing`"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
 
     // A config error names file, line and key.
-    std::fs::write(s.ws.path().join("podloop.toml"), format!("{CONFIG}selectr = \"x\"\n")).unwrap();
+    std::fs::write(
+        s.ws.path().join("podloop.toml"),
+        format!("{CONFIG}selectr = \"x\"\n"),
+    )
+    .unwrap();
     let out = s.podloop(&["sync", "--all"]).await;
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("podloop.toml:7:1: `sync[0].selectr`: unknown key: did you mean `selector`?"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("podloop.toml:7:1: `sync[0].selectr`: unknown key: did you mean `selector`?"),
+        "{}",
+        out.stderr
+    );
 
     // A relative remote.
-    std::fs::write(s.ws.path().join("podloop.toml"), CONFIG.replace("/app", "app")).unwrap();
+    std::fs::write(
+        s.ws.path().join("podloop.toml"),
+        CONFIG.replace("/app", "app"),
+    )
+    .unwrap();
     let out = s.podloop(&["sync", "--all"]).await;
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("podloop.toml:4:1: `sync[0].remote`"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("podloop.toml:4:1: `sync[0].remote`"),
+        "{}",
+        out.stderr
+    );
 
     // Unknown context.
     std::fs::write(s.ws.path().join("podloop.toml"), CONFIG).unwrap();
@@ -275,7 +351,13 @@ async fn container_without_tar_is_reported_with_the_fix() {
     assert!(all.contains("FAILED") && all.contains("tar"), "{all}");
     let out = s.podloop(&["status"]).await;
     assert_eq!(out.code, 1);
-    assert!(out.stdout.contains("default/api-1 container app: Ready; cannot sync") && out.stdout.contains("tar"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("default/api-1 container app: Ready; cannot sync")
+            && out.stdout.contains("tar"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,5 +366,10 @@ async fn status_lists_mappings_and_targets() {
     let out = s.podloop(&["status"]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("api: "), "{}", out.stdout);
-    assert!(out.stdout.contains("default/api-1 container app: Ready; sh, tar: ok"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("default/api-1 container app: Ready; sh, tar: ok"),
+        "{}",
+        out.stdout
+    );
 }

@@ -78,7 +78,8 @@ impl Fake {
     }
 
     fn release(&self) {
-        self.gate.add_permits(Semaphore::MAX_PERMITS - self.gate.available_permits());
+        self.gate
+            .add_permits(Semaphore::MAX_PERMITS - self.gate.available_permits());
     }
 
     fn set_targets(&self, targets: Vec<Target>) {
@@ -116,7 +117,10 @@ impl Fake {
             .files
             .entry(pod.into())
             .or_default()
-            .insert(path.as_bytes().to_vec(), Remote::File(content.to_vec(), false));
+            .insert(
+                path.as_bytes().to_vec(),
+                Remote::File(content.to_vec(), false),
+            );
     }
 
     async fn wait_started(&self, n: usize) {
@@ -360,8 +364,11 @@ async fn save_lands_in_every_replica_and_status_says_ok() {
     assert_eq!(status.state, EngineState::Idle);
     assert_eq!(status.pending, 0);
     assert_eq!(status.targets.len(), 2);
-    assert!(status.targets.iter().all(|t| t.state == TargetState::Synced
-        && t.last_sync.as_ref().is_some_and(|l| l.files == 1)));
+    assert!(status
+        .targets
+        .iter()
+        .all(|t| t.state == TargetState::Synced
+            && t.last_sync.as_ref().is_some_and(|l| l.files == 1)));
     h.drain();
     assert!(h.seen.iter().any(
         |o| matches!(o, Output::Log { level: Level::Info, text } if text.contains("1 files") && text.contains("p1"))
@@ -383,17 +390,31 @@ async fn burst_while_in_flight_coalesces_into_few_batches_with_every_file_right(
     let during = h.status().await;
     assert_eq!(during.state, EngineState::Syncing);
     assert!(!during.quiescent);
-    assert_eq!(during.pending, 50, "f0 is pending again behind the in-flight batch");
+    assert_eq!(
+        during.pending, 50,
+        "f0 is pending again behind the in-flight batch"
+    );
     h.fake.release();
     h.quiescent().await;
     let batches = h.fake.batches();
-    assert!((2..=3).contains(&batches.len()), "{} batches", batches.len());
+    assert!(
+        (2..=3).contains(&batches.len()),
+        "{} batches",
+        batches.len()
+    );
     for i in 0..50 {
-        let expected = if i == 7 { "latest seven".to_string() } else { format!("content {i}") };
+        let expected = if i == 7 {
+            "latest seven".to_string()
+        } else {
+            format!("content {i}")
+        };
         assert_eq!(content(h.fake.file("p1", &format!("f{i}.txt"))), expected);
     }
     let second = &batches[1];
-    assert_eq!(second.entries.iter().filter(|(p, _)| p == "f7.txt").count(), 1);
+    assert_eq!(
+        second.entries.iter().filter(|(p, _)| p == "f7.txt").count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -458,14 +479,17 @@ async fn transient_failures_retry_with_backoff_until_delivered_and_nothing_is_lo
     let mut h = Harness::new(&["p1"]).await;
     h.quiescent().await;
     for _ in 0..3 {
-        h.fake
-            .fail_next(ClusterError::Transient("connection refused by the API server".into()));
+        h.fake.fail_next(ClusterError::Transient(
+            "connection refused by the API server".into(),
+        ));
     }
     h.save("a.txt", "a");
     let disconnected = h
         .until(|o| matches!(o, Output::Status(s) if s.state == EngineState::Disconnected))
         .await;
-    let Output::Status(s) = disconnected else { unreachable!() };
+    let Output::Status(s) = disconnected else {
+        unreachable!()
+    };
     assert!(s.message.contains("connection refused"), "{}", s.message);
     assert!(s.message.contains("next try in"), "{}", s.message);
     assert_eq!(s.health, Health::Warning);
@@ -488,7 +512,9 @@ async fn pause_keeps_changes_and_resume_sends_them() {
     h.engine.send(Input::Pause);
     h.save("a.txt", "a");
     let s = h
-        .until(|o| matches!(o, Output::Status(s) if s.state == EngineState::Paused && s.pending == 1))
+        .until(
+            |o| matches!(o, Output::Status(s) if s.state == EngineState::Paused && s.pending == 1),
+        )
         .await;
     let Output::Status(s) = s else { unreachable!() };
     assert!(!s.quiescent);
@@ -539,11 +565,15 @@ async fn permanent_failure_puts_a_diagnostic_and_a_later_success_clears_it() {
     let out = h
         .until(|o| matches!(o, Output::FileProblems { path: p, .. } if *p == path))
         .await;
-    let Output::FileProblems { problems, .. } = out else { unreachable!() };
+    let Output::FileProblems { problems, .. } = out else {
+        unreachable!()
+    };
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].severity, Level::Error);
     assert_eq!(problems[0].line, 0);
-    assert!(problems[0].message.starts_with("not delivered to pod p1: container `app` has no `tar`"));
+    assert!(problems[0]
+        .message
+        .starts_with("not delivered to pod p1: container `app` has no `tar`"));
     let s = h.quiescent().await;
     assert_eq!(s.health, Health::Error);
     assert_eq!(s.targets[0].state, TargetState::Error);
@@ -584,7 +614,11 @@ async fn failed_reload_is_a_warning_on_the_batch_files() {
     let problems = h.problems_for(&h.path("a.txt")).expect("a diagnostic");
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].severity, Level::Warning);
-    assert!(problems[0].message.contains("exited with code 3"), "{}", problems[0].message);
+    assert!(
+        problems[0].message.contains("exited with code 3"),
+        "{}",
+        problems[0].message
+    );
     assert!(problems[0].message.contains("reload: config invalid"));
     assert_eq!(h.status().await.health, Health::Warning);
     h.fake.state.lock().unwrap().reload = None;
@@ -603,16 +637,30 @@ async fn config_errors_are_problems_at_the_offending_line() {
     let out = h
         .until(|o| matches!(o, Output::FileProblems { path, .. } if *path == file))
         .await;
-    let Output::FileProblems { problems, .. } = out else { unreachable!() };
-    assert!(problems.iter().any(|p| p.line == 3 && p.message.contains("did you mean `selector`")), "{problems:?}");
+    let Output::FileProblems { problems, .. } = out else {
+        unreachable!()
+    };
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.line == 3 && p.message.contains("did you mean `selector`")),
+        "{problems:?}"
+    );
     assert_eq!(h.status().await.health, Health::Error);
     // Fixing the file clears the problems and starts syncing.
     std::fs::write(&file, CONFIG).unwrap();
-    h.engine.send(Input::ConfigChanged(h.dir.path().to_path_buf()));
+    h.engine
+        .send(Input::ConfigChanged(h.dir.path().to_path_buf()));
     let out = h
         .until(|o| matches!(o, Output::FileProblems { path, .. } if *path == file))
         .await;
-    assert_eq!(out, Output::FileProblems { path: file, problems: vec![] });
+    assert_eq!(
+        out,
+        Output::FileProblems {
+            path: file,
+            problems: vec![]
+        }
+    );
     h.save("a.txt", "a");
     h.quiescent().await;
     assert_eq!(content(h.fake.file("p1", "a.txt")), "a");
@@ -622,10 +670,10 @@ async fn config_errors_are_problems_at_the_offending_line() {
 async fn no_matching_pod_keeps_changes_pending_until_one_appears() {
     let mut h = Harness::new(&[]).await;
     h.save("a.txt", "a");
-    let out = h
-        .until(|o| matches!(o, Output::Message { .. }))
-        .await;
-    let Output::Message { text, .. } = out else { unreachable!() };
+    let out = h.until(|o| matches!(o, Output::Message { .. })).await;
+    let Output::Message { text, .. } = out else {
+        unreachable!()
+    };
     assert!(text.contains("no Ready pod matches `app=api`"), "{text}");
     let s = h.status().await;
     assert_eq!(s.pending, 1);
@@ -634,7 +682,11 @@ async fn no_matching_pod_keeps_changes_pending_until_one_appears() {
     h.quiescent().await;
     assert_eq!(content(h.fake.file("p1", "a.txt")), "a");
     h.drain();
-    let messages = h.seen.iter().filter(|o| matches!(o, Output::Message { .. })).count();
+    let messages = h
+        .seen
+        .iter()
+        .filter(|o| matches!(o, Output::Message { .. }))
+        .count();
     assert_eq!(messages, 1, "one message per distinct problem");
 }
 
@@ -654,7 +706,9 @@ async fn replaced_pod_is_resynced_by_manifest_diff() {
     let log = h
         .until(|o| matches!(o, Output::Log { text, .. } if text.contains("resynced")))
         .await;
-    let Output::Log { text, .. } = log else { unreachable!() };
+    let Output::Log { text, .. } = log else {
+        unreachable!()
+    };
     assert!(text.contains("resynced 1 files to p2"), "{text}");
     h.quiescent().await;
     assert_eq!(content(h.fake.file("p2", "a.txt")), "a");
@@ -700,9 +754,18 @@ async fn sync_all_sends_only_differences_and_never_deletes_excluded_files() {
     h.fake.put_remote("p1", "server.log", b"keep me");
     let check = sync_all(&mut h, true).await;
     assert_eq!(check.drift.len(), 3, "{:?}", check.drift);
-    assert!(check.drift.iter().any(|d| d.contains("/app/changed.txt: content differs")));
-    assert!(check.drift.iter().any(|d| d.contains("/app/new/deep.txt: missing in the container")));
-    assert!(check.drift.iter().any(|d| d.contains("/app/stale: in the container, not in the local tree")));
+    assert!(check
+        .drift
+        .iter()
+        .any(|d| d.contains("/app/changed.txt: content differs")));
+    assert!(check
+        .drift
+        .iter()
+        .any(|d| d.contains("/app/new/deep.txt: missing in the container")));
+    assert!(check
+        .drift
+        .iter()
+        .any(|d| d.contains("/app/stale: in the container, not in the local tree")));
     assert!(h.fake.batches().is_empty(), "check sends nothing");
 
     let report = sync_all(&mut h, false).await;
@@ -713,7 +776,11 @@ async fn sync_all_sends_only_differences_and_never_deletes_excluded_files() {
     assert_eq!(content(h.fake.file("p1", "changed.txt")), "new");
     assert_eq!(content(h.fake.file("p1", "server.log")), "keep me");
     assert_eq!(h.fake.file("p1", "stale/gone.txt"), None);
-    let sent: Vec<String> = h.fake.batches()[0].entries.iter().map(|(p, _)| p.clone()).collect();
+    let sent: Vec<String> = h.fake.batches()[0]
+        .entries
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect();
     assert!(!sent.contains(&"same.txt".to_string()));
     assert!(sync_all(&mut h, true).await.drift.is_empty());
 }
@@ -728,8 +795,17 @@ async fn conflicting_remote_edit_is_reported() {
     sync_all(&mut h, false).await;
     h.drain();
     let problems = h.problems_for(&h.path("a.txt")).unwrap();
-    assert!(problems[0].message.contains("changed in the container since podloop wrote it"), "{problems:?}");
-    assert_eq!(content(h.fake.file("p1", "a.txt")), "ours v2", "default is overwrite");
+    assert!(
+        problems[0]
+            .message
+            .contains("changed in the container since podloop wrote it"),
+        "{problems:?}"
+    );
+    assert_eq!(
+        content(h.fake.file("p1", "a.txt")),
+        "ours v2",
+        "default is overwrite"
+    );
 }
 
 #[tokio::test]
@@ -759,7 +835,10 @@ async fn symlinks_travel_as_links_and_escaping_ones_are_not_followed() {
     );
     h.quiescent().await;
     h.drain();
-    assert_eq!(h.fake.file("p1", "inside"), Some(Remote::Link(b"real.txt".to_vec())));
+    assert_eq!(
+        h.fake.file("p1", "inside"),
+        Some(Remote::Link(b"real.txt".to_vec()))
+    );
     assert_eq!(h.fake.file("p1", "outside"), None);
     let problems = h.problems_for(&h.path("outside")).unwrap();
     assert!(problems[0].message.contains("points outside the mapping"));
@@ -780,17 +859,26 @@ async fn batch_window_merges_a_burst() {
 #[tokio::test]
 async fn own_file_watcher_picks_up_changes_made_outside_the_editor() {
     let mut h = Harness::with_config(&["p1"], CONFIG, true).await;
-    h.until(|o| matches!(o, Output::MappedFolders(f) if !f.is_empty())).await;
+    h.until(|o| matches!(o, Output::MappedFolders(f) if !f.is_empty()))
+        .await;
     h.write("generated.rs", "// generated");
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while h.fake.file("p1", "generated.rs").is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "watcher never delivered");
-        h.until(|o| matches!(o, Output::Log { .. } | Output::Status(_))).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "watcher never delivered"
+        );
+        h.until(|o| matches!(o, Output::Log { .. } | Output::Status(_)))
+            .await;
     }
     std::fs::remove_file(h.path("generated.rs")).unwrap();
     while h.fake.file("p1", "generated.rs").is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "watcher never deleted");
-        h.until(|o| matches!(o, Output::Log { .. } | Output::Status(_))).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "watcher never deleted"
+        );
+        h.until(|o| matches!(o, Output::Log { .. } | Output::Status(_)))
+            .await;
     }
 }
 
@@ -810,5 +898,7 @@ async fn large_batches_report_progress_that_always_ends() {
         })
         .collect();
     assert_eq!(begins.len(), 1);
-    assert!(h.seen.iter().any(|o| matches!(o, Output::Progress(engine::Progress::End { id, .. }) if *id == begins[0])));
+    assert!(h.seen.iter().any(
+        |o| matches!(o, Output::Progress(engine::Progress::End { id, .. }) if *id == begins[0])
+    ));
 }

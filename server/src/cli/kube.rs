@@ -19,7 +19,10 @@ impl ContextNamespace {
     async fn fill(&self, spec: &TargetSpec) -> Result<TargetSpec, ClusterError> {
         let mut spec = spec.clone();
         if spec.namespace.is_empty() {
-            spec.namespace = self.inner.default_namespace(spec.context.as_deref()).await?;
+            spec.namespace = self
+                .inner
+                .default_namespace(spec.context.as_deref())
+                .await?;
         }
         Ok(spec)
     }
@@ -48,7 +51,11 @@ impl Cluster for ContextNamespace {
         self.inner.deliver(target, batch).await
     }
 
-    async fn manifest(&self, target: &Target, remote_root: &[u8]) -> Result<Manifest, ClusterError> {
+    async fn manifest(
+        &self,
+        target: &Target,
+        remote_root: &[u8],
+    ) -> Result<Manifest, ClusterError> {
         self.inner.manifest(target, remote_root).await
     }
 }

@@ -98,7 +98,8 @@ pub fn find_config(explicit: Option<&Path>) -> Result<PathBuf, UsageError> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
-    let cwd = std::env::current_dir().map_err(|e| UsageError(format!("cannot read the current folder: {e}")))?;
+    let cwd = std::env::current_dir()
+        .map_err(|e| UsageError(format!("cannot read the current folder: {e}")))?;
     for dir in cwd.ancestors() {
         let candidate = dir.join(config::FILE_NAME);
         if candidate.is_file() {
@@ -138,25 +139,37 @@ pub fn adhoc_config(args: &SyncArgs) -> Result<Config, UsageError> {
             "with -l/--pod give exactly one LOCAL:REMOTE, e.g. `podloop sync -l app=api ./src:/app/src`".into(),
         ));
     };
-    let (local, remote) = spec.split_once(":/").map(|(l, r)| (l, format!("/{r}"))).ok_or_else(|| {
-        UsageError(format!(
-            "`{spec}` is not LOCAL:REMOTE with an absolute REMOTE, e.g. ./src:/app/src"
-        ))
-    })?;
+    let (local, remote) = spec
+        .split_once(":/")
+        .map(|(l, r)| (l, format!("/{r}")))
+        .ok_or_else(|| {
+            UsageError(format!(
+                "`{spec}` is not LOCAL:REMOTE with an absolute REMOTE, e.g. ./src:/app/src"
+            ))
+        })?;
     let remote = config::validate_remote(&remote).map_err(|e| UsageError(format!("REMOTE {e}")))?;
     let selector = match (&args.selector, &args.pod) {
         (Some(_), Some(_)) => return Err(UsageError("give -l or --pod, not both".into())),
         (Some(s), None) => {
-            config::validate_selector(s).map_err(|e| UsageError(format!("bad label selector `{s}`: {e}")))?;
+            config::validate_selector(s)
+                .map_err(|e| UsageError(format!("bad label selector `{s}`: {e}")))?;
             PodSelector::Labels(s.clone())
         }
         (None, Some(p)) => PodSelector::Name(p.clone()),
         (None, None) => return Err(UsageError("give -l SELECTOR or --pod NAME".into())),
     };
-    let cwd = std::env::current_dir().map_err(|e| UsageError(format!("cannot read the current folder: {e}")))?;
-    let local = if local.is_empty() { cwd.clone() } else { cwd.join(local) };
+    let cwd = std::env::current_dir()
+        .map_err(|e| UsageError(format!("cannot read the current folder: {e}")))?;
+    let local = if local.is_empty() {
+        cwd.clone()
+    } else {
+        cwd.join(local)
+    };
     if !local.is_dir() {
-        return Err(UsageError(format!("LOCAL {} is not a folder", local.display())));
+        return Err(UsageError(format!(
+            "LOCAL {} is not a folder",
+            local.display()
+        )));
     }
     let local = local.canonicalize().unwrap_or(local);
     let mut cfg = Config {
@@ -222,13 +235,14 @@ impl Run {
 /// `podloop sync`: returns the process exit code.
 pub async fn sync<C: Cluster>(cluster: C, args: SyncArgs, config: Config) -> i32 {
     let adhoc = args.selector.is_some() || args.pod.is_some();
-    let whole = adhoc || args.all || args.check || args.paths.is_empty() && args.check;
+    let whole = adhoc || args.all || args.check;
     if !whole && args.paths.is_empty() {
         eprintln!("error: name files or folders to push, or pass --all");
         return 2;
     }
     let cwd = std::env::current_dir().unwrap_or_default();
-    let (engine, mut outputs) = engine::start_with_configs(cluster, EngineOptions::default(), vec![config]);
+    let (engine, mut outputs) =
+        engine::start_with_configs(cluster, EngineOptions::default(), vec![config]);
     let mut run = Run::new();
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let report = if whole {
@@ -256,7 +270,13 @@ pub async fn sync<C: Cluster>(cluster: C, args: SyncArgs, config: Config) -> i32
     engine.send(Input::Shutdown);
     run.drain(&mut outputs);
     run.printer.finish();
-    summarize(&run, status.as_ref(), report.as_ref(), args.check, Instant::now() >= deadline)
+    summarize(
+        &run,
+        status.as_ref(),
+        report.as_ref(),
+        args.check,
+        Instant::now() >= deadline,
+    )
 }
 
 async fn wait_reply(
@@ -284,7 +304,9 @@ async fn wait_settled(
     deadline: Instant,
 ) {
     loop {
-        let Some(status) = engine.status().await else { return };
+        let Some(status) = engine.status().await else {
+            return;
+        };
         if settled(&status) {
             return;
         }
@@ -310,9 +332,20 @@ fn settled(status: &Status) -> bool {
     if status.quiescent {
         return true;
     }
-    let resolving = status.targets.iter().any(|t| t.pod.is_empty() && t.error.is_none());
-    let busy = status.targets.iter().any(|t| t.state == TargetState::Syncing);
-    !resolving && !busy && !matches!(status.state, EngineState::Syncing | EngineState::Disconnected)
+    let resolving = status
+        .targets
+        .iter()
+        .any(|t| t.pod.is_empty() && t.error.is_none());
+    let busy = status
+        .targets
+        .iter()
+        .any(|t| t.state == TargetState::Syncing);
+    !resolving
+        && !busy
+        && !matches!(
+            status.state,
+            EngineState::Syncing | EngineState::Disconnected
+        )
 }
 
 fn summarize(
@@ -346,7 +379,10 @@ fn summarize(
                     ),
                     (None, None) => "ok: nothing to send".into(),
                 };
-                format!("{} → {}/{} ({}): {what}", t.mapping, t.namespace, t.pod, t.container)
+                format!(
+                    "{} → {}/{} ({}): {what}",
+                    t.mapping, t.namespace, t.pod, t.container
+                )
             };
             println!("{line}");
         }
@@ -366,7 +402,11 @@ fn summarize(
             if !r.drift.is_empty() {
                 failed = true;
             }
-            println!("checked {} targets: {} differences", r.targets, r.drift.len());
+            println!(
+                "checked {} targets: {} differences",
+                r.targets,
+                r.drift.len()
+            );
         } else {
             println!(
                 "sent {} files, deleted {}, to {} targets",
@@ -388,14 +428,20 @@ fn summarize(
         failed = true;
         eprintln!(
             "error: gave up waiting{}",
-            status.map(|s| format!(": {}", s.message)).unwrap_or_default()
+            status
+                .map(|s| format!(": {}", s.message))
+                .unwrap_or_default()
         );
     }
     i32::from(failed)
 }
 
 fn absolute(cwd: &Path, p: &Path) -> PathBuf {
-    let joined = if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    };
     // Lexical cleanup only: a symlinked folder must not be resolved away,
     // or a path could be mapped through a link.
     let mut out = PathBuf::new();
@@ -465,16 +511,27 @@ pub async fn status<C: Cluster + Clone>(cluster: C, args: StatusArgs, config: Co
                 PodSelector::Labels(s) => format!("-l {s}"),
                 PodSelector::Name(n) => format!("pod {n}"),
             };
-            (m.name.clone(), format!("{} → {} ({sel})", m.local.display(), m.remote))
+            (
+                m.name.clone(),
+                format!("{} → {} ({sel})", m.local.display(), m.remote),
+            )
         })
         .collect();
-    let (engine, mut outputs) = engine::start_with_configs(cluster.clone(), EngineOptions::default(), vec![config]);
+    let (engine, mut outputs) =
+        engine::start_with_configs(cluster.clone(), EngineOptions::default(), vec![config]);
     let mut run = Run::new();
     run.printer.quiet = true;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let status = loop {
-        let Some(s) = engine.status().await else { return 1 };
-        if !s.targets.iter().any(|t| t.pod.is_empty() && t.error.is_none()) || Instant::now() >= deadline {
+        let Some(s) = engine.status().await else {
+            return 1;
+        };
+        if !s
+            .targets
+            .iter()
+            .any(|t| t.pod.is_empty() && t.error.is_none())
+            || Instant::now() >= deadline
+        {
             break s;
         }
         tokio::select! {
@@ -488,7 +545,11 @@ pub async fn status<C: Cluster + Clone>(cluster: C, args: StatusArgs, config: Co
     for t in &status.targets {
         if t.mapping != current {
             current = t.mapping.clone();
-            println!("{}: {}", t.mapping, specs.get(&t.mapping).cloned().unwrap_or_default());
+            println!(
+                "{}: {}",
+                t.mapping,
+                specs.get(&t.mapping).cloned().unwrap_or_default()
+            );
         }
         if t.pod.is_empty() {
             failed = true;
@@ -519,7 +580,10 @@ pub async fn status<C: Cluster + Clone>(cluster: C, args: StatusArgs, config: Co
                 format!("cannot sync: {e}")
             }
         };
-        println!("  {}/{} container {}: Ready; {tools}", t.namespace, t.pod, t.container);
+        println!(
+            "  {}/{} container {}: Ready; {tools}",
+            t.namespace, t.pod, t.container
+        );
     }
     i32::from(failed)
 }

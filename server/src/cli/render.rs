@@ -100,11 +100,7 @@ impl Printer {
             return;
         }
         const WIDTH: usize = 24;
-        let filled = if self.begun == 0 {
-            0
-        } else {
-            WIDTH * self.ended / self.begun
-        };
+        let filled = (WIDTH * self.ended).checked_div(self.begun).unwrap_or(0);
         let (title, started) = self.open.values().next().expect("non-empty");
         print!(
             "\r[{}{}] {}/{} {} ({:.1}s)",

@@ -63,7 +63,9 @@ pub enum Input {
     Pause,
     Resume,
     /// Answer with the current status.
-    Status { reply: oneshot::Sender<Status> },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
     /// Stop background work; pending saves are reported as undelivered.
     Shutdown,
 }
@@ -75,12 +77,21 @@ pub enum Output {
     /// Sent only when it differs from the previous one.
     Status(Status),
     /// The complete set of problems for one local file (empty = clear).
-    FileProblems { path: PathBuf, problems: Vec<Problem> },
+    FileProblems {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
     /// A problem not tied to a file (no pod matches, unauthorized, ...).
     /// Sent once per distinct text until the problem changes.
-    Message { level: Level, text: String },
+    Message {
+        level: Level,
+        text: String,
+    },
     /// One line per batch and other log-worthy facts.
-    Log { level: Level, text: String },
+    Log {
+        level: Level,
+        text: String,
+    },
     Progress(Progress),
     /// The local folders that mappings cover, sent when the set changes, so
     /// the LSP layer can register `workspace/didChangeWatchedFiles` for them.
@@ -117,9 +128,20 @@ pub struct Problem {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
-    Begin { id: u64, title: String, message: Option<String> },
-    Report { id: u64, message: String, percentage: Option<u32> },
-    End { id: u64, message: Option<String> },
+    Begin {
+        id: u64,
+        title: String,
+        message: Option<String>,
+    },
+    Report {
+        id: u64,
+        message: String,
+        percentage: Option<u32>,
+    },
+    End {
+        id: u64,
+        message: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

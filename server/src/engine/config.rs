@@ -163,8 +163,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     if let Some(ns) = &namespace {
         p.check_namespace(top, "namespace", "", ns);
     }
-    let batch_window_ms = p.opt_int(top, "batch_window_ms", "", 0, 60_000).unwrap_or(0);
-    let max_file_size = p.size(top, "max_file_size").unwrap_or(DEFAULT_MAX_FILE_SIZE);
+    let batch_window_ms = p
+        .opt_int(top, "batch_window_ms", "", 0, 60_000)
+        .unwrap_or(0);
+    let max_file_size = p
+        .size(top, "max_file_size")
+        .unwrap_or(DEFAULT_MAX_FILE_SIZE);
     let on_conflict = p.on_conflict(top, "").unwrap_or_default();
     let pods = p.pods(top, "").unwrap_or_default();
 
@@ -299,7 +303,12 @@ impl Parser<'_> {
             Some(s) => Some(s.to_owned()),
             None => {
                 let got = item.type_name();
-                self.error_key(table, key, prefix, format!("expected a string, found {got}"));
+                self.error_key(
+                    table,
+                    key,
+                    prefix,
+                    format!("expected a string, found {got}"),
+                );
                 None
             }
         }
@@ -327,7 +336,12 @@ impl Parser<'_> {
             }
             None => {
                 let got = item.type_name();
-                self.error_key(table, key, prefix, format!("expected an integer, found {got}"));
+                self.error_key(
+                    table,
+                    key,
+                    prefix,
+                    format!("expected an integer, found {got}"),
+                );
                 None
             }
         }
@@ -384,7 +398,9 @@ impl Parser<'_> {
                     table,
                     "pods",
                     prefix,
-                    format!("`{other}` is not a choice: use \"all\" (every Ready replica) or \"first\""),
+                    format!(
+                        "`{other}` is not a choice: use \"all\" (every Ready replica) or \"first\""
+                    ),
                 );
                 None
             }
@@ -453,7 +469,12 @@ impl Parser<'_> {
                 None
             }
             Some(l) if l.is_empty() => {
-                self.error_key(table, "local", &prefix, "is empty: use \".\" for the folder of podloop.toml".into());
+                self.error_key(
+                    table,
+                    "local",
+                    &prefix,
+                    "is empty: use \".\" for the folder of podloop.toml".into(),
+                );
                 None
             }
             Some(l) => Some(normalize_local(&root.join(l))),
@@ -463,7 +484,8 @@ impl Parser<'_> {
                 self.error_at(
                     span.clone(),
                     Some(&format!("{prefix}remote")),
-                    "missing `remote`: the absolute folder in the container, e.g. \"/app/src\"".into(),
+                    "missing `remote`: the absolute folder in the container, e.g. \"/app/src\""
+                        .into(),
                 );
                 None
             }
@@ -496,7 +518,12 @@ impl Parser<'_> {
             (Some(s), None) => match validate_selector(&s) {
                 Ok(()) => Some(PodSelector::Labels(s.trim().to_owned())),
                 Err(why) => {
-                    self.error_key(table, "selector", &prefix, format!("bad label selector `{s}`: {why}"));
+                    self.error_key(
+                        table,
+                        "selector",
+                        &prefix,
+                        format!("bad label selector `{s}`: {why}"),
+                    );
                     None
                 }
             },
@@ -504,7 +531,12 @@ impl Parser<'_> {
                 if is_dns_subdomain(&p) {
                     Some(PodSelector::Name(p))
                 } else {
-                    self.error_key(table, "pod", &prefix, format!("`{p}` is not a valid pod name"));
+                    self.error_key(
+                        table,
+                        "pod",
+                        &prefix,
+                        format!("`{p}` is not a valid pod name"),
+                    );
                     None
                 }
             }
@@ -543,7 +575,12 @@ impl Parser<'_> {
             return Vec::new();
         };
         let Some(arr) = item.as_array() else {
-            self.error_key(table, "exclude", prefix, "expected an array of glob patterns".into());
+            self.error_key(
+                table,
+                "exclude",
+                prefix,
+                "expected an array of glob patterns".into(),
+            );
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -570,7 +607,12 @@ impl Parser<'_> {
 
     /// Two mappings that write into the same container folder would fight
     /// over the files: one of them would delete what the other puts.
-    fn check_mappings(&mut self, mappings: &[MappingConfig], spans: &[Range<usize>], ns: Option<&str>) {
+    fn check_mappings(
+        &mut self,
+        mappings: &[MappingConfig],
+        spans: &[Range<usize>],
+        ns: Option<&str>,
+    ) {
         for (i, a) in mappings.iter().enumerate() {
             for (j, b) in mappings.iter().enumerate().skip(i + 1) {
                 if a.name == b.name {
@@ -601,7 +643,10 @@ impl Parser<'_> {
 
 fn remote_overlaps(a: &str, b: &str) -> bool {
     let within = |inner: &str, outer: &str| {
-        inner == outer || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/'))
+        inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('/'))
     };
     within(a, b) || within(b, a)
 }
@@ -690,7 +735,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -704,7 +750,8 @@ fn is_dns_subdomain(s: &str) -> bool {
 fn is_label_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         && s.as_bytes()[0].is_ascii_alphanumeric()
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }
@@ -793,7 +840,12 @@ fn validate_requirement(req: &str) -> Result<(), String> {
                 let inner = set
                     .strip_prefix('(')
                     .and_then(|s| s.strip_suffix(')'))
-                    .ok_or_else(|| format!("`{op}` needs a parenthesised list, e.g. `{} {op} (a,b)`", words[0]))?;
+                    .ok_or_else(|| {
+                        format!(
+                            "`{op}` needs a parenthesised list, e.g. `{} {op} (a,b)`",
+                            words[0]
+                        )
+                    })?;
                 key_ok(words[0])?;
                 for v in inner.split(',') {
                     value_ok(v.trim())?;
@@ -863,10 +915,19 @@ on_conflict = "skip"
     #[test]
     fn unknown_key_points_at_its_line_with_a_suggestion() {
         let e = errors("[[sync]]\nlocal = \".\"\nremote = \"/app\"\nselectr = \"app=api\"\n");
-        let unknown = e.iter().find(|e| e.key.as_deref() == Some("sync[0].selectr")).unwrap();
+        let unknown = e
+            .iter()
+            .find(|e| e.key.as_deref() == Some("sync[0].selectr"))
+            .unwrap();
         assert_eq!((unknown.line, unknown.column), (3, 0));
-        assert!(unknown.message.contains("did you mean `selector`"), "{}", unknown.message);
-        assert!(unknown.to_string().starts_with("/w/podloop.toml:4:1: `sync[0].selectr`"));
+        assert!(
+            unknown.message.contains("did you mean `selector`"),
+            "{}",
+            unknown.message
+        );
+        assert!(unknown
+            .to_string()
+            .starts_with("/w/podloop.toml:4:1: `sync[0].selectr`"));
     }
 
     #[test]
@@ -883,7 +944,8 @@ on_conflict = "skip"
 
     #[test]
     fn selector_and_pod_exclusive() {
-        let e = errors("[[sync]]\nlocal = \".\"\nremote = \"/a\"\nselector = \"a=b\"\npod = \"p\"\n");
+        let e =
+            errors("[[sync]]\nlocal = \".\"\nremote = \"/a\"\nselector = \"a=b\"\npod = \"p\"\n");
         assert!(e[0].message.contains("both"));
         assert_eq!(e[0].line, 4);
         let e = errors("[[sync]]\nlocal = \".\"\nremote = \"/a\"\n");
@@ -893,7 +955,17 @@ on_conflict = "skip"
 
     #[test]
     fn bad_selectors_are_rejected() {
-        for bad in ["", "app=", "=x", "app in a,b", "a==b==c", "ap p=x", "a,,b", "a in (x", "-a=b"] {
+        for bad in [
+            "",
+            "app=",
+            "=x",
+            "app in a,b",
+            "a==b==c",
+            "ap p=x",
+            "a,,b",
+            "a in (x",
+            "-a=b",
+        ] {
             let r = validate_selector(bad);
             if bad == "app=" {
                 assert!(r.is_ok(), "empty value is legal");
@@ -901,7 +973,14 @@ on_conflict = "skip"
             }
             assert!(r.is_err(), "{bad:?} accepted");
         }
-        for good in ["app=api", "app==api,tier!=db", "env in (dev, qa)", "!canary", "app.kubernetes.io/name=api", "x notin (a)"] {
+        for good in [
+            "app=api",
+            "app==api,tier!=db",
+            "env in (dev, qa)",
+            "!canary",
+            "app.kubernetes.io/name=api",
+            "x notin (a)",
+        ] {
             assert!(validate_selector(good).is_ok(), "{good:?} rejected");
         }
     }

@@ -45,7 +45,10 @@ impl TargetKey {
         }
     }
     fn describe(&self) -> String {
-        format!("{}/{} (container {})", self.namespace, self.pod, self.container)
+        format!(
+            "{}/{} (container {})",
+            self.namespace, self.pod, self.container
+        )
     }
 }
 
@@ -333,7 +336,8 @@ impl<C: Cluster> MainLoop<C> {
                 self.rebuild_mappings();
             }
             Input::RemoveRoot(root) => {
-                self.sources.retain(|s| s.root.as_deref() != Some(root.as_path()));
+                self.sources
+                    .retain(|s| s.root.as_deref() != Some(root.as_path()));
                 let file = root.join(config::FILE_NAME);
                 self.set_config_problems(&file, Vec::new());
                 self.config_errors.remove(&file);
@@ -398,7 +402,10 @@ impl<C: Cluster> MainLoop<C> {
     fn on_changed(&mut self, paths: Vec<PathBuf>, origin: ChangeOrigin) {
         for path in paths {
             if path.file_name().is_some_and(|n| n == config::FILE_NAME)
-                && self.sources.iter().any(|s| s.file == path && s.fixed.is_none())
+                && self
+                    .sources
+                    .iter()
+                    .any(|s| s.file == path && s.fixed.is_none())
             {
                 self.reload_source(&path);
                 self.rebuild_mappings();
@@ -496,10 +503,7 @@ impl<C: Cluster> MainLoop<C> {
                         },
                     })
                     .collect();
-                let text = errors
-                    .first()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default();
+                let text = errors.first().map(|e| e.to_string()).unwrap_or_default();
                 self.log(Level::Error, format!("config error: {text}"));
                 self.config_errors.insert(file.to_path_buf(), text);
                 self.set_config_problems(file, problems);
@@ -525,7 +529,11 @@ impl<C: Cluster> MainLoop<C> {
                     .or_else(|| cfg.namespace.clone())
                     .unwrap_or_default();
                 let spec = TargetSpec {
-                    context: self.overrides.context.clone().or_else(|| cfg.context.clone()),
+                    context: self
+                        .overrides
+                        .context
+                        .clone()
+                        .or_else(|| cfg.context.clone()),
                     namespace,
                     pods: mc.selector.clone(),
                     container: mc.container.clone(),
@@ -551,11 +559,21 @@ impl<C: Cluster> MainLoop<C> {
             .collect();
         let mut refeed: Vec<PathBuf> = Vec::new();
         for id in removed {
-            let keys: Vec<TargetKey> = self.targets.range(range_of(id)).map(|(k, _)| k.clone()).collect();
+            let keys: Vec<TargetKey> = self
+                .targets
+                .range(range_of(id))
+                .map(|(k, _)| k.clone())
+                .collect();
             let m = self.mappings.get(&id).map(|m| m.info.clone());
             for key in keys {
-                if let (Some(t), Some(info)) = (self.remove_target(&key, "the mapping changed"), &m) {
-                    refeed.extend(t.pending.iter().chain(&t.failed).map(|r| info.local_path(r)));
+                if let (Some(t), Some(info)) = (self.remove_target(&key, "the mapping changed"), &m)
+                {
+                    refeed.extend(
+                        t.pending
+                            .iter()
+                            .chain(&t.failed)
+                            .map(|r| info.local_path(r)),
+                    );
                 }
             }
             if let Some(mut m) = self.mappings.remove(&id) {
@@ -568,7 +586,8 @@ impl<C: Cluster> MainLoop<C> {
                 self.clear_problem_source(|s| *s == ProblemSource::Local(id));
             }
         }
-        let existing: HashSet<String> = self.mappings.values().map(|m| m.identity.clone()).collect();
+        let existing: HashSet<String> =
+            self.mappings.values().map(|m| m.identity.clone()).collect();
         for (identity, info, spec, pods_mode, batch_window) in wanted {
             if existing.contains(&identity) {
                 continue;
@@ -598,7 +617,11 @@ impl<C: Cluster> MainLoop<C> {
     }
 
     fn update_mapped_folders(&mut self) {
-        let mut folders: Vec<PathBuf> = self.mappings.values().map(|m| m.info.local.clone()).collect();
+        let mut folders: Vec<PathBuf> = self
+            .mappings
+            .values()
+            .map(|m| m.info.local.clone())
+            .collect();
         folders.sort();
         folders.dedup();
         if folders == self.mapped_folders {
@@ -612,7 +635,10 @@ impl<C: Cluster> MainLoop<C> {
                 };
                 match crate::fswatch::FsWatcher::new(handle) {
                     Ok(w) => self.watcher = Some(w),
-                    Err(e) => self.log(Level::Warning, format!("cannot start the file watcher: {e}")),
+                    Err(e) => self.log(
+                        Level::Warning,
+                        format!("cannot start the file watcher: {e}"),
+                    ),
                 }
             }
             if let Some(w) = &mut self.watcher {
@@ -633,7 +659,13 @@ impl<C: Cluster> MainLoop<C> {
             loop {
                 let result = cluster.resolve(&spec).await;
                 let transient = matches!(result, Err(ClusterError::Transient(_)));
-                if events.send(Event::Targets { mapping: id, result }).is_err() {
+                if events
+                    .send(Event::Targets {
+                        mapping: id,
+                        result,
+                    })
+                    .is_err()
+                {
                     return;
                 }
                 if transient {
@@ -645,7 +677,13 @@ impl<C: Cluster> MainLoop<C> {
                 let (tx, mut rx) = mpsc::channel(16);
                 let forward = async {
                     while let Some(result) = rx.recv().await {
-                        if events.send(Event::Targets { mapping: id, result }).is_err() {
+                        if events
+                            .send(Event::Targets {
+                                mapping: id,
+                                result,
+                            })
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -674,7 +712,11 @@ impl<C: Cluster> MainLoop<C> {
             Event::SlowBatch { key, batch } => {
                 let title = format!("podloop: syncing to {}", key.pod);
                 let guard = self.progress(title, Some("taking longer than usual".into()));
-                if let Some(inflight) = self.targets.get_mut(&key).and_then(|t| t.in_flight.as_mut()) {
+                if let Some(inflight) = self
+                    .targets
+                    .get_mut(&key)
+                    .and_then(|t| t.in_flight.as_mut())
+                {
                     if inflight.id == batch && inflight.progress.is_none() {
                         inflight.progress = Some(guard);
                     }
@@ -723,10 +765,9 @@ impl<C: Cluster> MainLoop<C> {
         m.resolved = true;
         if m.pods_mode == PodsMode::First && list.len() > 1 {
             // Stay on the pod we already write to while it lasts.
-            let current: Option<usize> = list.iter().position(|t| {
-                self.targets
-                    .contains_key(&TargetKey::new(id, t))
-            });
+            let current: Option<usize> = list
+                .iter()
+                .position(|t| self.targets.contains_key(&TargetKey::new(id, t)));
             let keep = current.unwrap_or(0);
             list = vec![list.swap_remove(keep)];
         }
@@ -750,9 +791,15 @@ impl<C: Cluster> MainLoop<C> {
             self.message(&topic, None);
         }
 
-        let new_keys: BTreeMap<TargetKey, Target> =
-            list.into_iter().map(|t| (TargetKey::new(id, &t), t)).collect();
-        let old_keys: Vec<TargetKey> = self.targets.range(range_of(id)).map(|(k, _)| k.clone()).collect();
+        let new_keys: BTreeMap<TargetKey, Target> = list
+            .into_iter()
+            .map(|t| (TargetKey::new(id, &t), t))
+            .collect();
+        let old_keys: Vec<TargetKey> = self
+            .targets
+            .range(range_of(id))
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut carried: BTreeSet<RelPath> = BTreeSet::new();
         for key in &old_keys {
             let gone = match new_keys.get(key) {
@@ -784,7 +831,10 @@ impl<C: Cluster> MainLoop<C> {
                 if restarted {
                     self.log(
                         Level::Info,
-                        format!("container restarted in {}: checking its files", key.describe()),
+                        format!(
+                            "container restarted in {}: checking its files",
+                            key.describe()
+                        ),
                     );
                 }
                 continue;
@@ -827,7 +877,10 @@ impl<C: Cluster> MainLoop<C> {
         for w in waiters {
             if let Some(waiter) = self.waiters.get_mut(&w) {
                 if waiter.remaining.remove(key) {
-                    waiter.report.failures.push(format!("{}: {why}", key.describe()));
+                    waiter
+                        .report
+                        .failures
+                        .push(format!("{}: {why}", key.describe()));
                 }
             }
         }
@@ -881,7 +934,11 @@ impl<C: Cluster> MainLoop<C> {
     }
 
     fn attach_waiter(&mut self, mid: MappingId, kind: BatchKind, waiter: u64) {
-        let keys: Vec<TargetKey> = self.targets.range(range_of(mid)).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<TargetKey> = self
+            .targets
+            .range(range_of(mid))
+            .map(|(k, _)| k.clone())
+            .collect();
         let Some(w) = self.waiters.get_mut(&waiter) else {
             return;
         };
@@ -892,7 +949,9 @@ impl<C: Cluster> MainLoop<C> {
                 Some(e) => e.to_string(),
                 None => "no Ready pod matches".into(),
             };
-            w.report.failures.push(format!("mapping `{}`: {why}", m.info.name));
+            w.report
+                .failures
+                .push(format!("mapping `{}`: {why}", m.info.name));
             return;
         }
         for key in keys {
@@ -1017,7 +1076,9 @@ impl<C: Cluster> MainLoop<C> {
                 let title = match kind {
                     BatchKind::Check => format!("podloop: checking {}", key.pod),
                     BatchKind::FullSync => format!("podloop: syncing all files to {}", key.pod),
-                    BatchKind::Changes => format!("podloop: syncing {} files to {}", paths.len(), key.pod),
+                    BatchKind::Changes => {
+                        format!("podloop: syncing {} files to {}", paths.len(), key.pod)
+                    }
                 };
                 Some(self.progress(title, None))
             } else {
@@ -1025,7 +1086,10 @@ impl<C: Cluster> MainLoop<C> {
                 let key = key.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(SLOW_BATCH).await;
-                    let _ = events.send(Event::SlowBatch { key, batch: batch_id });
+                    let _ = events.send(Event::SlowBatch {
+                        key,
+                        batch: batch_id,
+                    });
                 });
                 None
             };
@@ -1153,7 +1217,8 @@ impl<C: Cluster> MainLoop<C> {
             t.held.insert(rel.clone(), held.clone());
         }
         let mut report_failure: Option<String> = None;
-        let mut succeeded: Vec<RelPath> = outcome.unchanged.iter().map(|(r, _)| r.clone()).collect();
+        let mut succeeded: Vec<RelPath> =
+            outcome.unchanged.iter().map(|(r, _)| r.clone()).collect();
         let mut failed_paths: Vec<(RelPath, String)> = Vec::new();
         let mut reload_warning: Option<String> = None;
         let mut delivered = false;
@@ -1182,7 +1247,8 @@ impl<C: Cluster> MainLoop<C> {
             Err(ClusterError::Partial { message, failed }) => {
                 t.retry = None;
                 t.error = Some(message.clone());
-                let failed_set: HashMap<&RelPath, &String> = failed.iter().map(|(r, w)| (r, w)).collect();
+                let failed_set: HashMap<&RelPath, &String> =
+                    failed.iter().map(|(r, w)| (r, w)).collect();
                 for (rel, held) in &outcome.sent {
                     match failed_set.get(rel) {
                         Some(why) => failed_paths.push((rel.clone(), (*why).clone())),
@@ -1210,8 +1276,14 @@ impl<C: Cluster> MainLoop<C> {
                 t.pending.extend(inflight.paths.iter().cloned());
                 t.reload_requested |= inflight.reload;
                 match inflight.kind {
-                    BatchKind::FullSync => t.full_sync.get_or_insert_with(Vec::new).append(&mut inflight.waiters),
-                    BatchKind::Check => t.full_check.get_or_insert_with(Vec::new).append(&mut inflight.waiters),
+                    BatchKind::FullSync => t
+                        .full_sync
+                        .get_or_insert_with(Vec::new)
+                        .append(&mut inflight.waiters),
+                    BatchKind::Check => t
+                        .full_check
+                        .get_or_insert_with(Vec::new)
+                        .append(&mut inflight.waiters),
                     BatchKind::Changes => {}
                 }
                 let at = Instant::now() + delay;
@@ -1228,7 +1300,10 @@ impl<C: Cluster> MainLoop<C> {
                 if attempt >= 2 {
                     self.message(
                         &format!("target:{pod}"),
-                        Some((Level::Warning, format!("cannot reach {pod}: {reason}; retrying"))),
+                        Some((
+                            Level::Warning,
+                            format!("cannot reach {pod}: {reason}; retrying"),
+                        )),
                     );
                 }
                 return;
@@ -1267,7 +1342,11 @@ impl<C: Cluster> MainLoop<C> {
 
         // Diagnostics: clear on success, set on failure.
         for rel in &succeeded {
-            self.set_problems(&info.local_path(rel), ProblemSource::Delivery(key.clone()), Vec::new());
+            self.set_problems(
+                &info.local_path(rel),
+                ProblemSource::Delivery(key.clone()),
+                Vec::new(),
+            );
         }
         for (rel, why) in &failed_paths {
             self.set_problems(
@@ -1285,7 +1364,11 @@ impl<C: Cluster> MainLoop<C> {
             self.set_problems(&path, ProblemSource::Reload(key.clone()), Vec::new());
         }
         if let Some(text) = &reload_warning {
-            let paths: Vec<PathBuf> = outcome.sent.iter().map(|(r, _)| info.local_path(r)).collect();
+            let paths: Vec<PathBuf> = outcome
+                .sent
+                .iter()
+                .map(|(r, _)| info.local_path(r))
+                .collect();
             for path in &paths {
                 self.set_problems(
                     path,
@@ -1421,7 +1504,11 @@ impl<C: Cluster> MainLoop<C> {
                 .get(&path)
                 .map(|s| s.values().flatten().cloned().collect())
                 .unwrap_or_default();
-            let before = self.emitted_problems.get(&path).cloned().unwrap_or_default();
+            let before = self
+                .emitted_problems
+                .get(&path)
+                .cloned()
+                .unwrap_or_default();
             if before == all {
                 continue;
             }
@@ -1430,7 +1517,10 @@ impl<C: Cluster> MainLoop<C> {
             } else {
                 self.emitted_problems.insert(path.clone(), all.clone());
             }
-            self.emit(Output::FileProblems { path, problems: all });
+            self.emit(Output::FileProblems {
+                path,
+                problems: all,
+            });
         }
     }
 
@@ -1457,7 +1547,10 @@ impl<C: Cluster> MainLoop<C> {
                 for rel in &t.pending {
                     pending.insert((*id, rel));
                 }
-                let has_work = !t.pending.is_empty() || t.full_sync.is_some() || t.full_check.is_some() || t.reload_requested;
+                let has_work = !t.pending.is_empty()
+                    || t.full_sync.is_some()
+                    || t.full_check.is_some()
+                    || t.reload_requested;
                 if t.in_flight.is_some() {
                     in_flight = true;
                 }
@@ -1545,9 +1638,12 @@ impl<C: Cluster> MainLoop<C> {
         } else {
             EngineState::Idle
         };
-        let quiescent = pending_count == 0 && !in_flight && self.targets.values().all(|t| {
-            t.full_sync.is_none() && t.full_check.is_none() && !t.reload_requested
-        });
+        let quiescent = pending_count == 0
+            && !in_flight
+            && self
+                .targets
+                .values()
+                .all(|t| t.full_sync.is_none() && t.full_check.is_none() && !t.reload_requested);
         let health = if !errors.is_empty() {
             Health::Error
         } else if !warnings.is_empty() || state == EngineState::Disconnected {
@@ -1597,7 +1693,12 @@ impl<C: Cluster> MainLoop<C> {
         let comparable = |s: &Status| {
             let mut s = s.clone();
             if s.state == EngineState::Disconnected {
-                s.message = s.message.split("; next try").next().unwrap_or_default().to_owned();
+                s.message = s
+                    .message
+                    .split("; next try")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
                 for t in &mut s.targets {
                     if let Some(e) = &mut t.error {
                         *e = e.split(" (next try").next().unwrap_or_default().to_owned();
@@ -1611,7 +1712,9 @@ impl<C: Cluster> MainLoop<C> {
                 return;
             }
         }
-        status.targets.sort_by(|a, b| (&a.mapping, &a.pod, &a.container).cmp(&(&b.mapping, &b.pod, &b.container)));
+        status.targets.sort_by(|a, b| {
+            (&a.mapping, &a.pod, &a.container).cmp(&(&b.mapping, &b.pod, &b.container))
+        });
         self.last_status = Some(status.clone());
         self.emit(Output::Status(status));
     }
@@ -1625,11 +1728,16 @@ impl<C: Cluster> MainLoop<C> {
                 t.pending
                     .iter()
                     .chain(t.in_flight.iter().flat_map(|f| f.paths.iter()))
-                    .filter_map(move |r| info.as_ref().map(|i| i.local_path(r).display().to_string()))
+                    .filter_map(move |r| {
+                        info.as_ref().map(|i| i.local_path(r).display().to_string())
+                    })
                     .collect::<Vec<_>>()
             })
             .chain(self.mappings.values().flat_map(|m| {
-                m.orphans.iter().map(|r| m.info.local_path(r).display().to_string()).collect::<Vec<_>>()
+                m.orphans
+                    .iter()
+                    .map(|r| m.info.local_path(r).display().to_string())
+                    .collect::<Vec<_>>()
             }))
             .collect();
         if !undelivered.is_empty() {
@@ -1669,7 +1777,9 @@ fn range_of(id: MappingId) -> std::ops::Range<TargetKey> {
 /// Exponential backoff with ±25% jitter, so many clients do not retry in
 /// lockstep against a recovering API server.
 fn backoff(attempt: u32) -> Duration {
-    let base = RETRY_BASE.saturating_mul(1u32 << attempt.min(8)).min(RETRY_MAX);
+    let base = RETRY_BASE
+        .saturating_mul(1u32 << attempt.min(8))
+        .min(RETRY_MAX);
     let jitter = rand::rng().random_range(0.75..1.25);
     base.mul_f64(jitter)
 }

@@ -80,7 +80,10 @@ impl RelPath {
 /// What is on the local disk at a mapped path, without following links.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LocalKind {
-    File { size: u64, executable: bool },
+    File {
+        size: u64,
+        executable: bool,
+    },
     Symlink(Vec<u8>),
     Dir,
     Missing,
@@ -142,7 +145,11 @@ impl Mapping {
     }
 
     pub fn remote_display(&self, rel: &RelPath) -> String {
-        format!("{}/{}", String::from_utf8_lossy(&self.remote), rel.display())
+        format!(
+            "{}/{}",
+            String::from_utf8_lossy(&self.remote),
+            rel.display()
+        )
     }
 
     /// Excluded by VCS folder, `exclude` globs or `.gitignore`, for the path
@@ -278,9 +285,7 @@ fn load_gitignores(local: &Path) -> Vec<Gitignore> {
     let walker = ignore::WalkBuilder::new(local)
         .hidden(false)
         .follow_links(false)
-        .filter_entry(|e| {
-            !VCS_FOLDERS.contains(&e.file_name().as_bytes())
-        })
+        .filter_entry(|e| !VCS_FOLDERS.contains(&e.file_name().as_bytes()))
         .build();
     let mut nested: Vec<PathBuf> = walker
         .flatten()

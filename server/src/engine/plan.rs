@@ -52,7 +52,10 @@ pub(crate) enum Note {
     ThroughLink,
     NotRegular,
     /// The container's copy changed since podloop wrote it.
-    Conflict { skipped: bool, detail: String },
+    Conflict {
+        skipped: bool,
+        detail: String,
+    },
 }
 
 #[derive(Debug)]
@@ -117,11 +120,7 @@ pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) ->
     outcome.notes = plan.notes;
     outcome.drift = plan.drift;
     outcome.bytes = plan.bytes;
-    outcome.deletes = plan
-        .entries
-        .iter()
-        .filter(|e| e.op == Op::Delete)
-        .count();
+    outcome.deletes = plan.entries.iter().filter(|e| e.op == Op::Delete).count();
     let run_reload = force_reload || !plan.entries.is_empty();
     if kind == BatchKind::Check || !run_reload {
         outcome.elapsed = started.elapsed();
@@ -185,9 +184,10 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                     local.insert(rel.clone(), kind);
                 }
             }
-            Err(e) => p
-                .notes
-                .push((rel.clone(), Note::Unreadable(format!("cannot inspect it: {e}")))),
+            Err(e) => p.notes.push((
+                rel.clone(),
+                Note::Unreadable(format!("cannot inspect it: {e}")),
+            )),
         }
     }
     for (rel, kind) in local {
@@ -304,7 +304,8 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                             size,
                             short(&sha256)
                         );
-                        p.notes.push((rel.clone(), Note::Conflict { skipped, detail }));
+                        p.notes
+                            .push((rel.clone(), Note::Conflict { skipped, detail }));
                         if skipped {
                             continue;
                         }
