@@ -109,7 +109,7 @@ impl Connector {
             context: Some(name.clone()),
             ..Default::default()
         };
-        let config = kube::Config::from_custom_kubeconfig(self.kubeconfig.clone(), &options)
+        let mut config = kube::Config::from_custom_kubeconfig(self.kubeconfig.clone(), &options)
             .await
             .map_err(|e| {
                 TransportError::Kubeconfig(format!(
@@ -117,6 +117,9 @@ impl Connector {
                     self.source
                 ))
             })?;
+        // kube's own retry of 429/503/504 backs off for minutes without a
+        // word; the engine retries with backoff and shows `disconnected`.
+        config.default_retry = false;
         let server = config.cluster_url.to_string();
         let namespace = config.default_namespace.clone();
         let client = kube::Client::try_from(config).map_err(|e| {

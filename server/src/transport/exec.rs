@@ -225,6 +225,38 @@ impl Exec {
         }
     }
 
+    /// After a failed write: the container may have stopped reading because
+    /// the command ended early (a missing tool, an unwritable folder). Its
+    /// status and output, if they arrive within `wait`, explain the failure
+    /// better than "broken pipe".
+    pub async fn output_after_failure(mut self, wait: std::time::Duration) -> Option<ExecOutput> {
+        let mut stdout = Vec::new();
+        let mut stderr_tail = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(ExecEvent::Stdout(b))) => stdout.extend_from_slice(&b),
+                Ok(Some(ExecEvent::Stderr(b))) => {
+                    stderr_tail.extend_from_slice(&b);
+                    if stderr_tail.len() > STDERR_TAIL {
+                        stderr_tail.drain(..stderr_tail.len() - STDERR_TAIL);
+                    }
+                }
+                Ok(Some(ExecEvent::Status(status))) => {
+                    return Some(ExecOutput {
+                        status,
+                        stdout,
+                        stderr_tail,
+                    })
+                }
+                _ => {
+                    self.abort();
+                    return None;
+                }
+            }
+        }
+    }
+
     /// Drop the connection without ending stdin: the container sees a broken
     /// stream, never a clean end of a truncated payload.
     pub fn abort(self) {

@@ -7,6 +7,9 @@ use super::exec::{ContainerRef, Exec, ExecOutput, ExitStatus};
 use super::payload::{self, Upload};
 use super::remote::{self, DeliverReport, ManifestOutput, RemoteFile};
 
+/// How long to wait for the status of a command that stopped reading stdin.
+const EARLY_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How much of the reload command's output is reported.
 const RELOAD_TAIL_CHARS: usize = 2000;
 
@@ -42,8 +45,19 @@ pub async fn deliver(
     let argv = deliver_argv(&root, plan.len, upload.reload.as_deref());
     let mut exec = Exec::open(client, target, argv).await?;
     if let Err(e) = payload::stream(&plan.pieces, &mut exec).await {
-        exec.abort();
-        return Err(e);
+        if !matches!(e, TransportError::StreamCut { .. }) {
+            exec.abort();
+            return Err(e);
+        }
+        // The command may have ended early on purpose; its own report is the
+        // better error. A batch is never called delivered from here.
+        let early = exec.output_after_failure(EARLY_EXIT_WAIT).await;
+        return match early.map(|out| interpret_deliver(target, &root, plan.len, &plan, out)) {
+            Some(Err(specific)) if !matches!(specific, TransportError::StreamCut { .. }) => {
+                Err(specific)
+            }
+            _ => Err(e),
+        };
     }
     let output = exec.finish().await?;
     interpret_deliver(target, &root, plan.len, &plan, output)

@@ -27,7 +27,8 @@ pub const EXIT_MISSING_TOOL: i32 = 3;
 /// Why the parts are shaped like this:
 /// - `dd iflag=count_bytes,fullblock` reads exactly `$2` bytes (busybox
 ///   `head -c` over-reads a pipe), so the same code serves a warm session
-///   where the next batch follows on stdin.
+///   where the next batch follows on stdin. Images without `dd` fall back to
+///   `head -c`, exact in GNU coreutils, and harmless in a one-shot exec.
 /// - files land in a staging folder under the root (same filesystem), then
 ///   `mv` renames them into place: a reader never sees a half-written file.
 /// - `mv -t DIR` moves a folder's files in one process; only when it fails is
@@ -36,11 +37,18 @@ pub const EXIT_MISSING_TOOL: i32 = 3;
 ///   fire), `-o` does not force tar's uid/gid onto the container.
 pub const DELIVER_SCRIPT: &str = r#"
 root=$1 size=$2 reload=$3 stage=$1/.podloop-stage-$4
-for tool in tar dd find xargs mv rm mkdir; do
+for tool in tar find xargs mv rm mkdir; do
   command -v "$tool" >/dev/null 2>&1 || { printf 'M\0%s\0' "$tool"; exit 3; }
 done
+if command -v dd >/dev/null 2>&1; then
+  take() { dd bs=65536 count="$1" iflag=count_bytes,fullblock 2>/dev/null; }
+elif command -v head >/dev/null 2>&1; then
+  take() { head -c "$1"; }
+else
+  printf 'M\0dd\0'; exit 3
+fi
 if ! err=$(mkdir -p -- "$stage" 2>&1); then printf 'S\0%s\0' "$err"; exit 4; fi
-err=$(dd bs=65536 count="$size" iflag=count_bytes,fullblock 2>/dev/null | tar -x -m -o -f - -C "$stage" 2>&1)
+err=$(take "$size" | tar -x -m -o -f - -C "$stage" 2>&1)
 code=$?
 exec </dev/null
 if [ ! -e "$stage/z" ]; then rm -rf -- "$stage"; printf 'T\0%s\0' "$err"; exit 5; fi

@@ -1,0 +1,760 @@
+//! The kube transport against kubesim: real TLS, token, exec over WebSocket,
+//! busybox and host images. What lands in a container is read through
+//! kubesim (`container_root`), never through podloop.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kubesim::{CutMode, Image, PodTemplate, ReplaceOrder, Sim, SimOptions};
+use podloop::convert::kube::{KubeCluster, KubeOptions};
+use podloop::engine::{
+    Batch, Cluster, ClusterError, Entry, Op, PodSelector, RelPath, Target, TargetSpec,
+};
+
+struct Fixture {
+    sim: Sim,
+    cluster: KubeCluster,
+    _dir: tempfile::TempDir,
+    local: PathBuf,
+}
+
+async fn start() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(SimOptions::new(dir.path().join("sim")))
+        .await
+        .unwrap();
+    let cluster = KubeCluster::new(KubeOptions {
+        kubeconfig: Some(sim.kubeconfig_path()),
+        context: None,
+    })
+    .unwrap();
+    let local = dir.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    Fixture {
+        sim,
+        cluster,
+        _dir: dir,
+        local,
+    }
+}
+
+fn rel(bytes: &[u8]) -> RelPath {
+    RelPath::from_relative(Path::new(OsStr::from_bytes(bytes))).expect("valid relative path")
+}
+
+fn spec(selector: &str) -> TargetSpec {
+    TargetSpec {
+        context: None,
+        namespace: "default".into(),
+        pods: PodSelector::Labels(selector.into()),
+        container: None,
+        all_replicas: true,
+    }
+}
+
+async fn target_of(f: &Fixture, selector: &str) -> Target {
+    let targets = f.cluster.resolve(&spec(selector)).await.unwrap();
+    assert_eq!(targets.len(), 1, "{targets:?}");
+    targets.into_iter().next().unwrap()
+}
+
+struct BatchBuilder<'a> {
+    local: &'a Path,
+    entries: Vec<Entry>,
+    counter: usize,
+}
+
+impl<'a> BatchBuilder<'a> {
+    fn new(local: &'a Path) -> Self {
+        BatchBuilder {
+            local,
+            entries: Vec::new(),
+            counter: 0,
+        }
+    }
+    fn put(&mut self, path: &[u8], content: &[u8], executable: bool) -> &mut Self {
+        self.counter += 1;
+        let file = self
+            .local
+            .join(format!("f{}-{}", self.entries.len(), self.counter));
+        std::fs::write(&file, content).unwrap();
+        self.entries.push(Entry {
+            path: rel(path),
+            op: Op::Put {
+                local: file,
+                size: content.len() as u64,
+                executable,
+            },
+        });
+        self
+    }
+    fn link(&mut self, path: &[u8], target: &[u8]) -> &mut Self {
+        self.entries.push(Entry {
+            path: rel(path),
+            op: Op::Symlink {
+                target: target.to_vec(),
+            },
+        });
+        self
+    }
+    fn delete(&mut self, path: &[u8]) -> &mut Self {
+        self.entries.push(Entry {
+            path: rel(path),
+            op: Op::Delete,
+        });
+        self
+    }
+    fn batch(&self, root: &str, reload: Option<&str>) -> Batch {
+        Batch {
+            remote_root: root.as_bytes().to_vec(),
+            entries: self.entries.clone(),
+            reload: reload.map(String::from),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Node {
+    File { content: Vec<u8>, mode: u32 },
+    Link(Vec<u8>),
+    Dir,
+}
+
+fn tree(root: &Path) -> BTreeMap<Vec<u8>, Node> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Node>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, Node::Link(target.as_os_str().as_bytes().to_vec()));
+            } else if meta.is_dir() {
+                out.insert(rel, Node::Dir);
+                walk(root, &path, out);
+            } else {
+                let content = std::fs::read(&path).unwrap();
+                let mode = meta.permissions().mode() & 0o777;
+                out.insert(rel, Node::File { content, mode });
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn file(content: &[u8], mode: u32) -> Node {
+    Node::File {
+        content: content.to_vec(),
+        mode,
+    }
+}
+
+async fn hostile_tree_lands_exactly(image: Image) {
+    let f = start().await;
+    f.sim
+        .create_pod(
+            PodTemplate::new("api-0")
+                .label("app", "api")
+                .container("api", image)
+                .file("/app/src/gone-file", "x")
+                .file("/app/src/gone-dir/deep/f", "x")
+                .file("/app/src/replaced", "old")
+                .file("/app/src/kept", "kept")
+                .file("/app/src/old name/renamed", "r"),
+        )
+        .await
+        .unwrap();
+    let target = target_of(&f, "app=api").await;
+    assert_eq!(target.container, "api");
+
+    let big: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut b = BatchBuilder::new(&f.local);
+    let mut expected = BTreeMap::new();
+    expected.insert(b"kept".to_vec(), file(b"kept", 0o644));
+    let names: [&[u8]; 7] = [
+        b"with space.txt",
+        "unicod\u{e9}-\u{65e5}\u{672c}.txt".as_bytes(),
+        b"new\nline",
+        b"$(touch /pwned)",
+        b"`touch /pwned`;x",
+        b"-rf",
+        b"\xff\xfe-not-utf8",
+    ];
+    // Two of the names hold a `/`: they are folders with a file inside.
+    expected.insert(b"$(touch ".to_vec(), Node::Dir);
+    expected.insert(b"`touch ".to_vec(), Node::Dir);
+    for (i, name) in names.iter().enumerate() {
+        let content = format!("content {i}").into_bytes();
+        b.put(name, &content, false);
+        expected.insert(name.to_vec(), file(&content, 0o644));
+    }
+    b.put(b"big.bin", &big, false);
+    expected.insert(b"big.bin".to_vec(), file(&big, 0o644));
+    b.put(b"empty", b"", false);
+    expected.insert(b"empty".to_vec(), file(b"", 0o644));
+    b.put(b"run.sh", b"#!/bin/sh\necho hi\n", true);
+    expected.insert(b"run.sh".to_vec(), file(b"#!/bin/sh\necho hi\n", 0o755));
+    b.put(b"replaced", b"new", false);
+    expected.insert(b"replaced".to_vec(), file(b"new", 0o644));
+    b.put(b"a/b c/new\ndir/leaf $(x)", b"deep", false);
+    expected.insert(b"a".to_vec(), Node::Dir);
+    expected.insert(b"a/b c".to_vec(), Node::Dir);
+    expected.insert(b"a/b c/new\ndir".to_vec(), Node::Dir);
+    expected.insert(b"a/b c/new\ndir/leaf $(x)".to_vec(), file(b"deep", 0o644));
+    b.link(b"link", b"run.sh");
+    expected.insert(b"link".to_vec(), Node::Link(b"run.sh".to_vec()));
+    b.delete(b"gone-file")
+        .delete(b"gone-dir")
+        .delete(b"old name");
+    b.put(b"new name/renamed", b"r", false);
+    expected.insert(b"new name".to_vec(), Node::Dir);
+    expected.insert(b"new name/renamed".to_vec(), file(b"r", 0o644));
+
+    let delivery = f
+        .cluster
+        .deliver(&target, b.batch("/app/src", None))
+        .await
+        .unwrap();
+    assert!(delivery.bytes_sent > big.len() as u64);
+    assert!(delivery.reload.is_none());
+
+    let root = f.sim.container_root("default", "api-0", "api").unwrap();
+    let actual = tree(&root.join("app/src"));
+    let keys = |t: &BTreeMap<Vec<u8>, Node>| -> Vec<String> {
+        t.keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    };
+    assert_eq!(keys(&actual), keys(&expected), "{image:?}");
+    assert_eq!(actual, expected, "{image:?}");
+    assert!(!root.join("pwned").exists(), "{image:?}: injection ran");
+
+    // The manifest sees the same files, hashes and modes.
+    let manifest = f.cluster.manifest(&target, b"/app/src").await.unwrap();
+    let files: BTreeMap<Vec<u8>, (u64, bool)> = manifest
+        .files
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), (v.size, v.executable)))
+        .collect();
+    let expected_files: BTreeMap<Vec<u8>, (u64, bool)> = expected
+        .iter()
+        .filter_map(|(k, v)| match v {
+            Node::File { content, mode } => {
+                Some((k.clone(), (content.len() as u64, mode & 0o111 != 0)))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(files, expected_files, "{image:?}");
+    use sha2::Digest;
+    let big_entry = &manifest.files[&rel(b"big.bin")];
+    assert_eq!(
+        big_entry.sha256.to_vec(),
+        sha2::Sha256::digest(&big).to_vec()
+    );
+}
+
+#[tokio::test]
+async fn hostile_tree_lands_exactly_in_busybox() {
+    hostile_tree_lands_exactly(Image::Busybox).await;
+}
+
+#[tokio::test]
+async fn hostile_tree_lands_exactly_in_host_image() {
+    hostile_tree_lands_exactly(Image::Host).await;
+}
+
+#[tokio::test]
+async fn resolve_picks_ready_pods_and_the_right_container() {
+    let f = start().await;
+    for name in ["web-b", "web-a"] {
+        f.sim
+            .create_pod(
+                PodTemplate::new(name)
+                    .label("app", "web")
+                    .container("sidecar", Image::Busybox)
+                    .container("main", Image::Busybox),
+            )
+            .await
+            .unwrap();
+    }
+    f.sim
+        .create_pod(
+            PodTemplate::new("web-c")
+                .label("app", "web")
+                .container("main", Image::Busybox)
+                .ready(false),
+        )
+        .await
+        .unwrap();
+    let mut annotated = PodTemplate::new("two-0")
+        .label("app", "two")
+        .container("first", Image::Busybox)
+        .container("second", Image::Busybox);
+    annotated = annotated.annotation("kubectl.kubernetes.io/default-container", "second");
+    f.sim.create_pod(annotated).await.unwrap();
+
+    let targets = f.cluster.resolve(&spec("app=web")).await.unwrap();
+    let pods: Vec<(&str, &str)> = targets
+        .iter()
+        .map(|t| (t.pod.as_str(), t.container.as_str()))
+        .collect();
+    assert_eq!(pods, [("web-a", "sidecar"), ("web-b", "sidecar")]);
+
+    let mut first_only = spec("app=web");
+    first_only.all_replicas = false;
+    first_only.container = Some("main".into());
+    let targets = f.cluster.resolve(&first_only).await.unwrap();
+    assert_eq!(targets.len(), 1);
+    assert_eq!(targets[0].container, "main");
+
+    let targets = f.cluster.resolve(&spec("app=two")).await.unwrap();
+    assert_eq!(targets[0].container, "second");
+
+    let by_name = TargetSpec {
+        pods: PodSelector::Name("web-b".into()),
+        ..spec("")
+    };
+    let targets = f.cluster.resolve(&by_name).await.unwrap();
+    assert_eq!(targets.len(), 1);
+    assert_eq!(targets[0].pod, "web-b");
+
+    let Err(ClusterError::Permanent(text)) = f.cluster.resolve(&spec("app=api")).await else {
+        panic!("expected a permanent error");
+    };
+    assert!(
+        text.starts_with("no pods match `app=api` in `default`"),
+        "{text}"
+    );
+    assert!(text.contains("web-a (app=web)"), "{text}");
+
+    let mut missing = spec("app=two");
+    missing.container = Some("nope".into());
+    let Err(ClusterError::Permanent(text)) = f.cluster.resolve(&missing).await else {
+        panic!("expected a permanent error");
+    };
+    assert!(text.contains("has no container `nope`"), "{text}");
+}
+
+async fn next_list(
+    rx: &mut tokio::sync::mpsc::Receiver<Result<Vec<Target>, ClusterError>>,
+    want: impl Fn(&[Target]) -> bool,
+) -> Vec<Target> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let got = tokio::time::timeout(left, rx.recv())
+            .await
+            .expect("watch did not report the expected list in time")
+            .expect("watch ended");
+        if let Ok(list) = got {
+            if want(&list) {
+                return list;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn watch_follows_replacement_readiness_and_dropped_watches() {
+    let f = start().await;
+    f.sim
+        .create_pod(
+            PodTemplate::new("api-1")
+                .label("app", "api")
+                .container("api", Image::Busybox),
+        )
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let cluster = f.cluster.clone();
+    let watch = tokio::spawn(async move { cluster.watch(&spec("app=api"), tx).await });
+    next_list(&mut rx, |l| l.len() == 1 && l[0].pod == "api-1").await;
+
+    let new = f
+        .sim
+        .replace_pod("default", "api-1", ReplaceOrder::NewFirst)
+        .await
+        .unwrap();
+    next_list(&mut rx, |l| l.len() == 1 && l[0].pod == new.name).await;
+
+    f.sim.set_ready("default", &new.name, false).unwrap();
+    next_list(&mut rx, |l| l.is_empty()).await;
+
+    f.sim.close_watches();
+    f.sim.set_ready("default", &new.name, true).unwrap();
+    next_list(&mut rx, |l| l.len() == 1 && l[0].pod == new.name).await;
+
+    f.sim
+        .restart_container("default", &new.name, "api")
+        .await
+        .unwrap();
+    next_list(&mut rx, |l| l.len() == 1 && l[0].restart_count >= 1).await;
+
+    drop(rx);
+    // The watch ends on its own once nobody listens.
+    tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .expect("watch did not stop after the receiver was dropped")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reload_failure_is_reported_with_exit_code_and_output() {
+    let f = start().await;
+    f.sim
+        .create_pod(
+            PodTemplate::new("api-0")
+                .label("app", "api")
+                .container("api", Image::Busybox),
+        )
+        .await
+        .unwrap();
+    let target = target_of(&f, "app=api").await;
+    let mut b = BatchBuilder::new(&f.local);
+    b.put(b"a.txt", b"a", false);
+    let delivery = f
+        .cluster
+        .deliver(
+            &target,
+            b.batch(
+                "/app",
+                Some("echo reloading; echo 'compile error: x' >&2; exit 3"),
+            ),
+        )
+        .await
+        .unwrap();
+    let reload = delivery.reload.expect("reload ran");
+    assert_eq!(reload.exit_code, 3);
+    assert!(
+        reload.output_tail.contains("compile error: x"),
+        "{reload:?}"
+    );
+    assert!(reload.output_tail.contains("reloading"), "{reload:?}");
+    assert_eq!(
+        f.sim
+            .read_file("default", "api-0", "api", "/app/a.txt")
+            .unwrap(),
+        b"a"
+    );
+}
+
+#[tokio::test]
+async fn container_errors_are_specific() {
+    let f = start().await;
+    f.sim
+        .create_pod(
+            PodTemplate::new("notar")
+                .label("app", "notar")
+                .container("c", Image::BusyboxNotar),
+        )
+        .await
+        .unwrap();
+    f.sim
+        .create_pod(
+            PodTemplate::new("ro")
+                .label("app", "ro")
+                .container("c", Image::BusyboxReadOnly),
+        )
+        .await
+        .unwrap();
+    let mut b = BatchBuilder::new(&f.local);
+    // Big enough that the container stops reading long before the end: the
+    // error must still be the container's own report, not "broken pipe".
+    b.put(b"x", &vec![b'x'; 4 * 1024 * 1024], false);
+
+    let t = target_of(&f, "app=notar").await;
+    let err = f
+        .cluster
+        .deliver(&t, b.batch("/app/src", None))
+        .await
+        .unwrap_err();
+    let ClusterError::Permanent(text) = &err else {
+        panic!("expected permanent: {err:?}");
+    };
+    assert!(text.contains("has no `tar`"), "{text}");
+
+    let t = target_of(&f, "app=ro").await;
+    let err = f
+        .cluster
+        .deliver(&t, b.batch("/app/src", None))
+        .await
+        .unwrap_err();
+    let ClusterError::Permanent(text) = &err else {
+        panic!("expected permanent: {err:?}");
+    };
+    assert!(text.contains("/app/src"), "{text}");
+    assert!(text.contains("read-only"), "{text}");
+}
+
+#[tokio::test]
+async fn api_faults_map_to_transient_or_permanent() {
+    let f = start().await;
+    f.sim
+        .create_pod(
+            PodTemplate::new("api-0")
+                .label("app", "api")
+                .container("api", Image::Busybox),
+        )
+        .await
+        .unwrap();
+    let target = target_of(&f, "app=api").await;
+    let mut b = BatchBuilder::new(&f.local);
+    b.put(b"x", b"x", false);
+
+    f.sim.faults().fail_next_exec_handshakes(1, 500);
+    let err = f
+        .cluster
+        .deliver(&target, b.batch("/app", None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClusterError::Transient(_)), "{err:?}");
+    f.sim.faults().fail_next_exec_handshakes(1, 429);
+    let err = f
+        .cluster
+        .deliver(&target, b.batch("/app", None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClusterError::Transient(_)), "{err:?}");
+    // The next one goes through.
+    f.cluster
+        .deliver(&target, b.batch("/app", None))
+        .await
+        .unwrap();
+
+    f.sim.faults().deny("create", "pods/exec");
+    let err = f
+        .cluster
+        .deliver(&target, b.batch("/app", None))
+        .await
+        .unwrap_err();
+    let ClusterError::Permanent(text) = &err else {
+        panic!("expected permanent: {err:?}");
+    };
+    assert!(
+        text.contains("forbidden (403)") && text.contains("pods/exec"),
+        "{text}"
+    );
+    assert!(text.contains("verbs: [\"create\"]"), "{text}");
+    f.sim.faults().clear();
+
+    let gone = Target {
+        pod: "does-not-exist".into(),
+        ..target.clone()
+    };
+    let err = f
+        .cluster
+        .deliver(&gone, b.batch("/app", None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClusterError::Permanent(t) if t.contains("no longer exists")),
+        "{err:?}"
+    );
+
+    assert!(!format!("{err:?}").contains(&f.sim.token()));
+}
+
+#[tokio::test]
+async fn cut_streams_fail_and_leave_nothing_partial() {
+    let f = start().await;
+    f.sim
+        .create_pod(
+            PodTemplate::new("api-0")
+                .label("app", "api")
+                .container("api", Image::Busybox)
+                .file("/app/big", "old")
+                .file("/app/doomed", "still here"),
+        )
+        .await
+        .unwrap();
+    let target = target_of(&f, "app=api").await;
+    let big = vec![b'n'; 2 * 1024 * 1024];
+    let mut b = BatchBuilder::new(&f.local);
+    b.delete(b"doomed")
+        .put(b"big", &big, false)
+        .put(b"small", b"s", false);
+    let root = f.sim.container_root("default", "api-0", "api").unwrap();
+
+    for mode in [CutMode::TcpDrop, CutMode::CleanClose] {
+        f.sim.faults().cut_next_exec_after(300_000, mode);
+        let err = f
+            .cluster
+            .deliver(&target, b.batch("/app", None))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClusterError::Transient(_)),
+            "{mode:?}: {err:?}"
+        );
+        // The container may still be finishing; wait until its staging
+        // folder is gone, then nothing of the batch may be visible.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let staging = std::fs::read_dir(root.join("app"))
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(".podloop-stage")
+                })
+                .count();
+            if staging == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mode:?}: staging folder left behind"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            std::fs::read(root.join("app/big")).unwrap(),
+            b"old",
+            "{mode:?}"
+        );
+        assert_eq!(
+            std::fs::read(root.join("app/doomed")).unwrap(),
+            b"still here",
+            "{mode:?}"
+        );
+        assert!(!root.join("app/small").exists(), "{mode:?}");
+    }
+    f.sim.faults().clear();
+    f.cluster
+        .deliver(&target, b.batch("/app", None))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(root.join("app/big")).unwrap(), big);
+    assert!(!root.join("app/doomed").exists());
+}
+
+#[tokio::test]
+async fn a_reader_in_the_pod_never_sees_a_partial_file() {
+    let f = start().await;
+    let valid = |i: usize| format!("begin {i} {} end", "x".repeat(200_000));
+    // The reader compares what it reads with the pattern of a whole version.
+    let reader = r#"
+mkdir -p /state
+i=0
+while [ ! -e /state/stop ]; do
+  c=$(cat /app/watched 2>/dev/null) || { echo missing >> /state/bad; continue; }
+  case "$c" in "begin "*" end") ;; *) echo "partial ${#c}" >> /state/bad ;; esac
+  i=$((i+1)); echo $i > /state/reads
+done
+sleep 100000
+"#;
+    f.sim
+        .create_pod(
+            PodTemplate::new("api-0")
+                .label("app", "api")
+                .container("api", Image::Busybox)
+                .file("/app/watched", &valid(0))
+                .command(reader),
+        )
+        .await
+        .unwrap();
+    let target = target_of(&f, "app=api").await;
+    for i in 1..=30 {
+        let mut b = BatchBuilder::new(&f.local);
+        b.put(b"watched", valid(i).as_bytes(), false);
+        f.cluster
+            .deliver(&target, b.batch("/app", None))
+            .await
+            .unwrap();
+    }
+    let root = f.sim.container_root("default", "api-0", "api").unwrap();
+    let reads: u64 = std::fs::read_to_string(root.join("state/reads"))
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    std::fs::write(root.join("state/stop"), b"").unwrap();
+    assert!(reads > 10, "the reader loop barely ran ({reads} reads)");
+    let bad = std::fs::read_to_string(root.join("state/bad")).unwrap_or_default();
+    assert!(bad.is_empty(), "reader saw: {bad}");
+    assert_eq!(
+        std::fs::read(root.join("app/watched")).unwrap(),
+        valid(30).as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn kubeconfig_problems_say_what_to_do() {
+    let f = start().await;
+    let Err(ClusterError::Permanent(text)) = KubeCluster::new(KubeOptions {
+        kubeconfig: Some(f.local.join("missing")),
+        context: None,
+    }) else {
+        panic!("expected an error");
+    };
+    assert!(text.contains("does not exist"), "{text}");
+
+    let Err(ClusterError::Permanent(text)) = KubeCluster::new(KubeOptions {
+        kubeconfig: Some(f.sim.kubeconfig_path()),
+        context: Some("prod".into()),
+    }) else {
+        panic!("expected an error");
+    };
+    assert!(
+        text.contains("context `prod` is not in kubeconfig"),
+        "{text}"
+    );
+    assert!(text.contains("kubesim"), "{text}");
+
+    // An expired token: the same kubeconfig with another token.
+    let config = std::fs::read_to_string(f.sim.kubeconfig_path()).unwrap();
+    let token = f.sim.token();
+    let expired = f.local.join("expired-kubeconfig");
+    std::fs::write(&expired, config.replace(&token, "expired-token-value")).unwrap();
+    let cluster = KubeCluster::new(KubeOptions {
+        kubeconfig: Some(expired),
+        context: None,
+    })
+    .unwrap();
+    let Err(ClusterError::Permanent(text)) = cluster.resolve(&spec("app=api")).await else {
+        panic!("expected a permanent error");
+    };
+    assert!(text.contains("unauthorized (401)"), "{text}");
+    assert!(!text.contains("expired-token-value") && !text.contains(&token));
+}
+
+#[tokio::test]
+async fn unreachable_cluster_is_transient() {
+    let f = start().await;
+    let config = std::fs::read_to_string(f.sim.kubeconfig_path()).unwrap();
+    let url = f.sim.url();
+    // A port nobody listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let dead = f.local.join("dead-kubeconfig");
+    std::fs::write(
+        &dead,
+        config.replace(&url, &format!("https://127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let cluster = KubeCluster::new(KubeOptions {
+        kubeconfig: Some(dead),
+        context: None,
+    })
+    .unwrap();
+    let err = cluster.resolve(&spec("app=api")).await.unwrap_err();
+    let ClusterError::Transient(text) = &err else {
+        panic!("expected transient: {err:?}");
+    };
+    assert!(text.starts_with("cluster unreachable"), "{text}");
+}
