@@ -56,34 +56,48 @@ struct Target {
     image: Image,
 }
 
-fn find_target(inner: &Inner, namespace: &str, name: &str, requested: Option<&str>) -> Result<Target, Response<Body>> {
+fn find_target(
+    inner: &Inner,
+    namespace: &str,
+    name: &str,
+    requested: Option<&str>,
+) -> Result<Target, Response<Body>> {
     let state = inner.state.lock().unwrap();
     let Some(pod) = state.pods.get(&(namespace.to_string(), name.to_string())) else {
         return Err(pod_not_found(name));
     };
     let container = match requested.filter(|c| !c.is_empty()) {
-        Some(c) => pod
-            .container(c)
-            .ok_or_else(|| status_error(400, &format!("container {c} is not valid for pod {name}")))?,
+        Some(c) => pod.container(c).ok_or_else(|| {
+            status_error(400, &format!("container {c} is not valid for pod {name}"))
+        })?,
         None if pod.containers.len() == 1 => &pod.containers[0],
         None => {
             let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
             return Err(status_error(
                 400,
-                &format!("a container name must be specified for pod {name}, choose one of: [{}]", names.join(" ")),
+                &format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    names.join(" ")
+                ),
             ));
         }
     };
     if pod.deletion.is_some() && container.host_pid.is_none() {
         return Err(status_error(
             400,
-            &format!("cannot exec into a container in a completed pod; current phase is {}", "Succeeded"),
+            &format!(
+                "cannot exec into a container in a completed pod; current phase is {}",
+                "Succeeded"
+            ),
         ));
     }
     let Some(host_pid) = container.host_pid else {
         return Err(status_error(
             500,
-            &format!("unable to upgrade connection: container not found (\"{}\")", container.name),
+            &format!(
+                "unable to upgrade connection: container not found (\"{}\")",
+                container.name
+            ),
         ));
     };
     Ok(Target {
@@ -106,7 +120,13 @@ fn offered_protocols(req: &Request<Incoming>) -> Vec<String> {
     req.headers()
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
-        .flat_map(|v| v.to_str().unwrap_or("").split(',').map(|p| p.trim().to_string()).collect::<Vec<_>>())
+        .flat_map(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .map(|p| p.trim().to_string())
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -130,7 +150,10 @@ pub(crate) async fn exec(
         Err(r) => return r,
     };
     if let Some(code) = inner.faults.take_handshake_failure() {
-        return status_error(code, &format!("kubesim: exec handshake failed with {code} (fault injected)"));
+        return status_error(
+            code,
+            &format!("kubesim: exec handshake failed with {code} (fault injected)"),
+        );
     }
     if header_has_token(&req, header::UPGRADE, "SPDY/3.1") {
         return status_error(
@@ -158,9 +181,21 @@ pub(crate) async fn exec(
     let stdin = query.flag("stdin");
     let stdout = query.flag("stdout");
     let stderr = query.flag("stderr") && !query.flag("tty");
-    let child = match runtime::spawn_exec(target.host_pid, target.image, &command, stdin, stdout, stderr) {
+    let child = match runtime::spawn_exec(
+        target.host_pid,
+        target.image,
+        &command,
+        stdin,
+        stdout,
+        stderr,
+    ) {
         Ok(c) => c,
-        Err(e) => return status_error(500, &format!("starting the exec in container {}: {e}", target.container)),
+        Err(e) => {
+            return status_error(
+                500,
+                &format!("starting the exec in container {}: {e}", target.container),
+            )
+        }
     };
     let record_index = {
         let mut log = inner.exec_log.lock().unwrap();
@@ -181,8 +216,20 @@ pub(crate) async fn exec(
     let handle = tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-                run_session(session_inner, ws, child, command, protocol, record_index, cut, conn.fd).await;
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                run_session(
+                    session_inner,
+                    ws,
+                    child,
+                    command,
+                    protocol,
+                    record_index,
+                    cut,
+                    conn.fd,
+                )
+                .await;
             }
             Err(e) => {
                 tracing::warn!("exec upgrade failed: {e}");
@@ -199,8 +246,14 @@ pub(crate) async fn exec(
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")
         .header(header::CONNECTION, "Upgrade")
-        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
-        .header(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol))
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
+        .header(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol),
+        )
         .body(full(Bytes::new()))
         .expect("static response parts are valid")
 }
@@ -212,7 +265,11 @@ fn framed(channel: u8, data: &[u8]) -> Message {
     Message::Binary(Bytes::from(v))
 }
 
-async fn pump(mut reader: impl tokio::io::AsyncRead + Unpin, channel: u8, out: mpsc::Sender<Message>) {
+async fn pump(
+    mut reader: impl tokio::io::AsyncRead + Unpin,
+    channel: u8,
+    out: mpsc::Sender<Message>,
+) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match reader.read(&mut buf).await {
@@ -238,7 +295,10 @@ where
 
 /// Makes the kernel answer the peer with RST when the socket closes: a dropped connection.
 fn arm_reset(fd: RawFd) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: setsockopt on the connection's own fd, still open (the upgraded stream owns it).
     unsafe {
         libc::setsockopt(
@@ -283,8 +343,14 @@ async fn run_session<S>(
         }
     });
     let mut stdin = child.stdin.take();
-    let stdout_pump = child.stdout.take().map(|r| tokio::spawn(pump(r, STDOUT, out_tx.clone())));
-    let stderr_pump = child.stderr.take().map(|r| tokio::spawn(pump(r, STDERR, out_tx.clone())));
+    let stdout_pump = child
+        .stdout
+        .take()
+        .map(|r| tokio::spawn(pump(r, STDOUT, out_tx.clone())));
+    let stderr_pump = child
+        .stderr
+        .take()
+        .map(|r| tokio::spawn(pump(r, STDERR, out_tx.clone())));
     let pgid = child.id();
     let finished = async {
         let status = child.wait().await;
@@ -351,11 +417,9 @@ async fn run_session<S>(
                             stdin = None;
                         }
                     }
-                    CLOSE if protocol == V5 => {
-                        if payload.first() == Some(&STDIN) {
-                            if let Some(mut w) = stdin.take() {
-                                let _ = w.shutdown().await;
-                            }
+                    CLOSE if protocol == V5 && payload.first() == Some(&STDIN) => {
+                        if let Some(mut w) = stdin.take() {
+                            let _ = w.shutdown().await;
                         }
                     }
                     _ => {}
@@ -379,7 +443,10 @@ async fn run_session<S>(
         let body = serde_json::to_vec(&exit_status(&command, exit_code)).unwrap_or_default();
         let _ = out_tx.send(framed(STATUS, &body)).await;
         let _ = out_tx
-            .send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() })))
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            })))
             .await;
     }
     drop(out_tx);

@@ -62,7 +62,12 @@ pub fn status_error(code: u16, message: &str) -> Response<Body> {
     status_error_with(code, reason_for(code), message, None)
 }
 
-pub fn status_error_with(code: u16, reason: &str, message: &str, details: Option<Value>) -> Response<Body> {
+pub fn status_error_with(
+    code: u16,
+    reason: &str,
+    message: &str,
+    details: Option<Value>,
+) -> Response<Body> {
     json_response(
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &status_value(code, reason, message, details),
@@ -78,7 +83,12 @@ pub fn pod_not_found(name: &str) -> Response<Body> {
     )
 }
 
-pub fn forbidden(verb: &str, resource: &str, name: Option<&str>, namespace: Option<&str>) -> Response<Body> {
+pub fn forbidden(
+    verb: &str,
+    resource: &str,
+    name: Option<&str>,
+    namespace: Option<&str>,
+) -> Response<Body> {
     let (res, sub) = match resource.split_once('/') {
         Some((r, s)) => (r, Some(s)),
         None => (resource, None),
@@ -112,13 +122,19 @@ impl Query {
     pub fn parse(query: Option<&str>) -> Query {
         let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            values.entry(k.into_owned()).or_default().push(v.into_owned());
+            values
+                .entry(k.into_owned())
+                .or_default()
+                .push(v.into_owned());
         }
         Query { values }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(key).and_then(|v| v.first()).map(String::as_str)
+        self.values
+            .get(key)
+            .and_then(|v| v.first())
+            .map(String::as_str)
     }
 
     pub fn all(&self, key: &str) -> Vec<String> {

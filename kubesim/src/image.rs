@@ -14,12 +14,70 @@ const BUSYBOX: &str = "/bin/busybox";
 
 /// Host programs copied into `Image::Host`, with their shared libraries.
 const HOST_PROGRAMS: &[&str] = &[
-    "sh", "dash", "bash", "tar", "gzip", "cat", "ls", "mkdir", "rmdir", "rm", "mv", "cp", "ln",
-    "chmod", "chown", "touch", "echo", "printf", "sleep", "head", "tail", "wc", "sha256sum",
-    "md5sum", "stat", "test", "[", "true", "false", "env", "id", "pwd", "readlink", "realpath",
-    "dirname", "basename", "sort", "uniq", "tr", "cut", "date", "tee", "du", "df", "nproc",
-    "mktemp", "sync", "uname", "whoami", "yes", "seq", "od", "cmp", "diff", "find", "xargs", "grep",
-    "sed", "kill", "ps", "sh", "which", "hostname", "dd",
+    "sh",
+    "dash",
+    "bash",
+    "tar",
+    "gzip",
+    "cat",
+    "ls",
+    "mkdir",
+    "rmdir",
+    "rm",
+    "mv",
+    "cp",
+    "ln",
+    "chmod",
+    "chown",
+    "touch",
+    "echo",
+    "printf",
+    "sleep",
+    "head",
+    "tail",
+    "wc",
+    "sha256sum",
+    "md5sum",
+    "stat",
+    "test",
+    "[",
+    "true",
+    "false",
+    "env",
+    "id",
+    "pwd",
+    "readlink",
+    "realpath",
+    "dirname",
+    "basename",
+    "sort",
+    "uniq",
+    "tr",
+    "cut",
+    "date",
+    "tee",
+    "du",
+    "df",
+    "nproc",
+    "mktemp",
+    "sync",
+    "uname",
+    "whoami",
+    "yes",
+    "seq",
+    "od",
+    "cmp",
+    "diff",
+    "find",
+    "xargs",
+    "grep",
+    "sed",
+    "kill",
+    "ps",
+    "sh",
+    "which",
+    "hostname",
+    "dd",
 ];
 
 fn io_context(err: io::Error, what: impl std::fmt::Display) -> io::Error {
@@ -163,7 +221,8 @@ fn build_host(root: &Path) -> io::Result<()> {
 }
 
 fn replace_shell_with_host_sh(root: &Path) -> io::Result<()> {
-    let host_sh = find_on_host("sh").ok_or_else(|| io::Error::other("busybox-notar needs the host's /bin/sh"))?;
+    let host_sh = find_on_host("sh")
+        .ok_or_else(|| io::Error::other("busybox-notar needs the host's /bin/sh"))?;
     let target = root.join("bin/sh");
     let _ = fs::remove_file(&target);
     fs::copy(&host_sh, &target).map_err(|e| io_context(e, host_sh.display()))?;

@@ -4,6 +4,10 @@
 //! wire protocol for `kubectl` and the `kube` crate (discovery, pods list/get/watch/delete/log,
 //! server-side tables, exec over WebSocket v4/v5), and runs every container as a real process
 //! tree: PID 1 in its own pid and mount namespaces, chrooted into a root built from an image.
+// Handlers return an error `Response` through `Result`; it is built at most once per request,
+// so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 mod exec;
 mod faults;
 mod http;
@@ -108,7 +112,10 @@ impl Sim {
         std::fs::create_dir_all(&opts.dir)
             .with_context(|| format!("creating the sim dir {}", opts.dir.display()))?;
         // PID 1's root shows in /proc/PID/root as a canonical path; compare like with like.
-        let dir = opts.dir.canonicalize().with_context(|| format!("resolving {}", opts.dir.display()))?;
+        let dir = opts
+            .dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", opts.dir.display()))?;
         std::fs::create_dir_all(dir.join("pods"))?;
         let tls = tls::generate()?;
         let listener = TcpListener::bind(("127.0.0.1", opts.port))
@@ -126,7 +133,9 @@ impl Sim {
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                let conn = ConnInfo { fd: tcp.as_raw_fd() };
+                let conn = ConnInfo {
+                    fd: tcp.as_raw_fd(),
+                };
                 let acceptor = acceptor.clone();
                 let inner = server_inner.clone();
                 let handle = tokio::spawn(async move {
@@ -149,9 +158,16 @@ impl Sim {
                 server_inner.track_task(handle.abort_handle());
             }
         });
-        write_atomically(&dir.join("kubeconfig"), kubeconfig_yaml(&url, &tls.ca_pem, &token).as_bytes())
-            .context("writing the kubeconfig")?;
-        Ok(Sim { inner, server, addr })
+        write_atomically(
+            &dir.join("kubeconfig"),
+            kubeconfig_yaml(&url, &tls.ca_pem, &token).as_bytes(),
+        )
+        .context("writing the kubeconfig")?;
+        Ok(Sim {
+            inner,
+            server,
+            addr,
+        })
     }
 
     pub fn kubeconfig_path(&self) -> PathBuf {
@@ -188,7 +204,12 @@ impl Sim {
         self.inner.delete_pod(namespace, name, None).await
     }
 
-    pub async fn replace_pod(&self, namespace: &str, name: &str, order: ReplaceOrder) -> anyhow::Result<PodRef> {
+    pub async fn replace_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        order: ReplaceOrder,
+    ) -> anyhow::Result<PodRef> {
         self.inner.replace_pod(namespace, name, order).await
     }
 
@@ -196,15 +217,33 @@ impl Sim {
         self.inner.set_ready(namespace, name, ready)
     }
 
-    pub async fn restart_container(&self, namespace: &str, pod: &str, container: &str) -> anyhow::Result<()> {
-        self.inner.restart_container(namespace, pod, container).await
+    pub async fn restart_container(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> anyhow::Result<()> {
+        self.inner
+            .restart_container(namespace, pod, container)
+            .await
     }
 
-    pub fn container_root(&self, namespace: &str, pod: &str, container: &str) -> anyhow::Result<PathBuf> {
+    pub fn container_root(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> anyhow::Result<PathBuf> {
         self.inner.container_root(namespace, pod, container)
     }
 
-    pub fn read_file(&self, namespace: &str, pod: &str, container: &str, path: &str) -> std::io::Result<Vec<u8>> {
+    pub fn read_file(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        path: &str,
+    ) -> std::io::Result<Vec<u8>> {
         self.inner.read_file(namespace, pod, container, path)
     }
 
@@ -218,7 +257,12 @@ impl Sim {
     /// Names of the pods in `namespace`, sorted.
     pub fn pod_names(&self, namespace: &str) -> Vec<String> {
         let state = self.inner.state.lock().unwrap();
-        state.pods.keys().filter(|(ns, _)| ns == namespace).map(|(_, n)| n.clone()).collect()
+        state
+            .pods
+            .keys()
+            .filter(|(ns, _)| ns == namespace)
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     pub fn faults(&self) -> &Faults {
@@ -259,7 +303,11 @@ impl Sim {
 fn process_alive(pid: u32) -> bool {
     // A zombie still has a /proc entry; only a live process has a non-"Z" state.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 

@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 use kubesim::{PodTemplate, Sim, SimOptions};
 
 #[derive(Parser)]
-#[command(name = "kubesim", about = "A small Kubernetes API server whose pods are namespaced chroots")]
+#[command(
+    name = "kubesim",
+    about = "A small Kubernetes API server whose pods are namespaced chroots"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,13 +36,27 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KUBESIM_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KUBESIM_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .init();
-    let Command::Serve { dir, port, pods, token } = Cli::parse().command;
+    let Command::Serve {
+        dir,
+        port,
+        pods,
+        token,
+    } = Cli::parse().command;
     let templates: Vec<PodTemplate> = match &pods {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{} is not a JSON list of pod templates (see docs/kubesim.md)", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a JSON list of pod templates (see docs/kubesim.md)",
+                    path.display()
+                )
+            })?
         }
         None => Vec::new(),
     };
@@ -61,7 +78,11 @@ async fn main() -> anyhow::Result<()> {
     let staging = dir.join(".kubeconfig.tmp");
     std::fs::write(&staging, kubeconfig)?;
     std::fs::rename(&staging, &published)?;
-    eprintln!("kubesim serving {} (kubeconfig {})", sim.url(), published.display());
+    eprintln!(
+        "kubesim serving {} (kubeconfig {})",
+        sim.url(),
+        published.display()
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}

@@ -33,7 +33,8 @@ exec chroot "$root" /bin/sh -c "$command"
 "#;
 
 /// PID 1's command when the template gives none: sleep until told to stop, and stop at once.
-pub const DEFAULT_COMMAND: &str = "trap 'exit 0' TERM INT; while true; do sleep 3600 & wait $!; done";
+pub const DEFAULT_COMMAND: &str =
+    "trap 'exit 0' TERM INT; while true; do sleep 3600 & wait $!; done";
 
 fn set_parent_death_signal(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe; it only changes this child's death signal.
@@ -120,7 +121,9 @@ pub async fn spawn_main(
     let mut child = cmd.spawn().map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("starting `unshare` for a pod: {e} (kubesim needs util-linux `unshare` and root)"),
+            format!(
+                "starting `unshare` for a pod: {e} (kubesim needs util-linux `unshare` and root)"
+            ),
         )
     })?;
     let unshare_pid = child
@@ -168,7 +171,9 @@ pub fn spawn_exec(
     stderr: bool,
 ) -> io::Result<Child> {
     let mut cmd = Command::new("nsenter");
-    cmd.arg("-t").arg(host_pid.to_string()).args(["-p", "-m", "-r", "-w"]);
+    cmd.arg("-t")
+        .arg(host_pid.to_string())
+        .args(["-p", "-m", "-r", "-w"]);
     let home = if image == Image::BusyboxNonroot {
         cmd.arg(format!("--setuid={NONROOT_ID}"))
             .arg(format!("--setgid={NONROOT_ID}"));
@@ -182,8 +187,16 @@ pub fn spawn_exec(
         .env("PATH", CONTAINER_PATH)
         .env("HOME", home)
         .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(if stdout { Stdio::piped() } else { Stdio::null() })
-        .stderr(if stderr { Stdio::piped() } else { Stdio::null() })
+        .stdout(if stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(if stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         // Own process group: aborting an exec kills nsenter and the process it forked.
         .process_group(0)
         .kill_on_drop(false);

@@ -126,7 +126,10 @@ impl FieldSelector {
                 return Err(format!("invalid field selector requirement `{part}`"));
             };
             let field = field.trim();
-            if !matches!(field, "metadata.name" | "metadata.namespace" | "status.phase") {
+            if !matches!(
+                field,
+                "metadata.name" | "metadata.namespace" | "status.phase"
+            ) {
                 return Err(format!(
                     "\"{field}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\", \"status.phase\""
                 ));

@@ -29,7 +29,11 @@ pub(crate) struct ConnInfo {
     pub fd: RawFd,
 }
 
-pub(crate) async fn handle(inner: Arc<Inner>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub(crate) async fn handle(
+    inner: Arc<Inner>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let authorized = req
         .headers()
@@ -51,7 +55,12 @@ pub(crate) async fn handle(inner: Arc<Inner>, conn: ConnInfo, req: Request<Incom
     Ok(route(inner, conn, path, req).await)
 }
 
-async fn route(inner: Arc<Inner>, conn: ConnInfo, path: String, req: Request<Incoming>) -> Response<Body> {
+async fn route(
+    inner: Arc<Inner>,
+    conn: ConnInfo,
+    path: String,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     let query = Query::parse(req.uri().query());
@@ -185,7 +194,12 @@ async fn self_subject_access_review(inner: &Inner, req: Request<Incoming>) -> Re
     };
     let mut review: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return status_error(400, &format!("the SelfSubjectAccessReview body is not valid JSON: {e}")),
+        Err(e) => {
+            return status_error(
+                400,
+                &format!("the SelfSubjectAccessReview body is not valid JSON: {e}"),
+            )
+        }
     };
     let attributes = &review["spec"]["resourceAttributes"];
     let verb = attributes["verb"].as_str().unwrap_or("").to_string();
@@ -252,13 +266,27 @@ impl Filter {
             .map_err(|e| status_error(400, &format!("unable to parse requirement: {e}")))?;
         let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""))
             .map_err(|e| status_error(400, &format!("field label not supported: {e}")))?;
-        Ok(Filter { namespace, labels, fields })
+        Ok(Filter {
+            namespace,
+            labels,
+            fields,
+        })
     }
 
-    fn matches(&self, namespace: &str, name: &str, labels: &BTreeMap<String, String>, phase: &str) -> bool {
+    fn matches(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        phase: &str,
+    ) -> bool {
         self.namespace.as_deref().is_none_or(|ns| ns == namespace)
             && self.labels.matches(labels)
-            && self.fields.matches(&PodFields { name, namespace, phase })
+            && self.fields.matches(&PodFields {
+                name,
+                namespace,
+                phase,
+            })
     }
 }
 
@@ -266,7 +294,9 @@ fn human_duration(from: &str) -> String {
     let Ok(start) = DateTime::parse_from_rfc3339(from) else {
         return "<unknown>".into();
     };
-    let secs = (Utc::now() - start.with_timezone(&Utc)).num_seconds().max(0);
+    let secs = (Utc::now() - start.with_timezone(&Utc))
+        .num_seconds()
+        .max(0);
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 600 => format!("{}m{}s", s / 60, s % 60),
@@ -278,19 +308,36 @@ fn human_duration(from: &str) -> String {
 }
 
 fn table_row(pod: &Value, include: IncludeObject) -> Value {
-    let statuses = pod["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
-    let ready = statuses.iter().filter(|s| s["ready"] == json!(true)).count();
-    let restarts: u64 = statuses.iter().filter_map(|s| s["restartCount"].as_u64()).sum();
+    let statuses = pod["status"]["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ready = statuses
+        .iter()
+        .filter(|s| s["ready"] == json!(true))
+        .count();
+    let restarts: u64 = statuses
+        .iter()
+        .filter_map(|s| s["restartCount"].as_u64())
+        .sum();
     let status = if pod["metadata"]["deletionTimestamp"].is_string() {
         "Terminating".to_string()
-    } else if let Some(reason) = statuses.iter().find_map(|s| s["state"]["waiting"]["reason"].as_str()) {
+    } else if let Some(reason) = statuses
+        .iter()
+        .find_map(|s| s["state"]["waiting"]["reason"].as_str())
+    {
         reason.to_string()
     } else {
-        pod["status"]["phase"].as_str().unwrap_or("Unknown").to_string()
+        pod["status"]["phase"]
+            .as_str()
+            .unwrap_or("Unknown")
+            .to_string()
     };
     let object = match include {
         IncludeObject::None => Value::Null,
-        IncludeObject::Metadata => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": pod["metadata"]}),
+        IncludeObject::Metadata => {
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": pod["metadata"]})
+        }
         IncludeObject::Object => pod.clone(),
     };
     json!({
@@ -309,10 +356,13 @@ fn table_row(pod: &Value, include: IncludeObject) -> Value {
     })
 }
 
-fn table(pods: &[&Value], include: IncludeObject, resource_version: u64, with_headers: bool) -> Value {
-    let column = |name: &str, kind: &str, format: &str, description: &str, priority: u32| {
-        json!({"name": name, "type": kind, "format": format, "description": description, "priority": priority})
-    };
+fn table(
+    pods: &[&Value],
+    include: IncludeObject,
+    resource_version: u64,
+    with_headers: bool,
+) -> Value {
+    let column = |name: &str, kind: &str, format: &str, description: &str, priority: u32| json!({"name": name, "type": kind, "format": format, "description": description, "priority": priority});
     let columns = if with_headers {
         json!([
             column("Name", "string", "name", "Name must be unique within a namespace.", 0),
@@ -341,7 +391,12 @@ fn namespace_of(namespace: &Option<String>) -> Option<&str> {
     namespace.as_deref()
 }
 
-async fn list_or_watch(inner: Arc<Inner>, namespace: Option<String>, query: &Query, req: &Request<Incoming>) -> Response<Body> {
+async fn list_or_watch(
+    inner: Arc<Inner>,
+    namespace: Option<String>,
+    query: &Query,
+    req: &Request<Incoming>,
+) -> Response<Body> {
     let watching = query.flag("watch");
     let verb = if watching { "watch" } else { "list" };
     if inner.faults.is_denied(verb, "pods") {
@@ -376,7 +431,13 @@ async fn list_or_watch(inner: Arc<Inner>, namespace: Option<String>, query: &Que
     }
 }
 
-fn get_pod(inner: &Inner, namespace: &str, name: &str, req: &Request<Incoming>, query: &Query) -> Response<Body> {
+fn get_pod(
+    inner: &Inner,
+    namespace: &str,
+    name: &str,
+    req: &Request<Incoming>,
+    query: &Query,
+) -> Response<Body> {
     if inner.faults.is_denied("get", "pods") {
         return forbidden("get", "pods", Some(name), Some(namespace));
     }
@@ -389,11 +450,20 @@ fn get_pod(inner: &Inner, namespace: &str, name: &str, req: &Request<Incoming>, 
     drop(state);
     match response_format(req, query) {
         Format::Json => json_response(StatusCode::OK, &rendered),
-        Format::Table { include_object } => json_response(StatusCode::OK, &table(&[&rendered], include_object, rv, true)),
+        Format::Table { include_object } => json_response(
+            StatusCode::OK,
+            &table(&[&rendered], include_object, rv, true),
+        ),
     }
 }
 
-async fn delete_pod(inner: Arc<Inner>, namespace: String, name: String, query: Query, req: Request<Incoming>) -> Response<Body> {
+async fn delete_pod(
+    inner: Arc<Inner>,
+    namespace: String,
+    name: String,
+    query: Query,
+    req: Request<Incoming>,
+) -> Response<Body> {
     if inner.faults.is_denied("delete", "pods") {
         return forbidden("delete", "pods", Some(&name), Some(&namespace));
     }
@@ -408,7 +478,8 @@ async fn delete_pod(inner: Arc<Inner>, namespace: String, name: String, query: Q
     match inner.begin_delete(&namespace, &name, grace) {
         Ok(pod) => {
             let task_inner = inner.clone();
-            let handle = tokio::spawn(async move { task_inner.finish_delete(&namespace, &name).await });
+            let handle =
+                tokio::spawn(async move { task_inner.finish_delete(&namespace, &name).await });
             inner.track_task(handle.abort_handle());
             json_response(StatusCode::OK, &pod)
         }
@@ -432,7 +503,8 @@ fn expired(requested: u64, oldest: u64) -> Value {
 }
 
 fn bookmark(resource_version: u64, initial_events_end: bool) -> Value {
-    let mut metadata = json!({"resourceVersion": resource_version.to_string(), "creationTimestamp": null});
+    let mut metadata =
+        json!({"resourceVersion": resource_version.to_string(), "creationTimestamp": null});
     if initial_events_end {
         metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
@@ -454,7 +526,10 @@ fn streaming_response(content_type: &str) -> (FrameSender, Response<Body>) {
 }
 
 fn watch(inner: Arc<Inner>, filter: Filter, format: Format, query: &Query) -> Response<Body> {
-    let requested: Option<u64> = query.get("resourceVersion").and_then(|rv| rv.parse().ok()).filter(|rv| *rv != 0);
+    let requested: Option<u64> = query
+        .get("resourceVersion")
+        .and_then(|rv| rv.parse().ok())
+        .filter(|rv| *rv != 0);
     let send_initial = query.flag("sendInitialEvents");
     let bookmarks = query.flag("allowWatchBookmarks");
     let timeout = query
@@ -474,8 +549,12 @@ fn watch(inner: Arc<Inner>, filter: Filter, format: Format, query: &Query) -> Re
                 if from < state.oldest_resumable {
                     (Vec::new(), events, rv, Some((from, state.oldest_resumable)))
                 } else {
-                    let replay: Vec<Arc<WatchEvent>> =
-                        state.history.iter().filter(|e| e.resource_version > from).cloned().collect();
+                    let replay: Vec<Arc<WatchEvent>> = state
+                        .history
+                        .iter()
+                        .filter(|e| e.resource_version > from)
+                        .cloned()
+                        .collect();
                     (replay, events, rv, None)
                 }
             }
@@ -509,28 +588,42 @@ fn watch(inner: Arc<Inner>, filter: Filter, format: Format, query: &Query) -> Re
             match format {
                 Format::Json => event_line(event.kind, &event.pod),
                 Format::Table { include_object } => {
-                    let t = table(&[&event.pod], include_object, event.resource_version, first_table);
+                    let t = table(
+                        &[&event.pod],
+                        include_object,
+                        event.resource_version,
+                        first_table,
+                    );
                     first_table = false;
                     event_line(event.kind, &t)
                 }
             }
         };
         if let Some((from, oldest)) = expired_at {
-            let _ = tx.send(Ok(Frame::data(event_line("ERROR", &expired(from, oldest))))).await;
+            let _ = tx
+                .send(Ok(Frame::data(event_line("ERROR", &expired(from, oldest)))))
+                .await;
             return;
         }
         let mut last_rv = start_rv;
         for event in &initial {
-            if filter.matches(&event.namespace, &event.name, &event.labels, event.phase) {
-                if tx.send(Ok(Frame::data(render(event)))).await.is_err() {
-                    return;
-                }
-            }
-        }
-        if send_initial && bookmarks {
-            if tx.send(Ok(Frame::data(event_line("BOOKMARK", &bookmark(start_rv, true))))).await.is_err() {
+            if filter.matches(&event.namespace, &event.name, &event.labels, event.phase)
+                && tx.send(Ok(Frame::data(render(event)))).await.is_err()
+            {
                 return;
             }
+        }
+        if send_initial
+            && bookmarks
+            && tx
+                .send(Ok(Frame::data(event_line(
+                    "BOOKMARK",
+                    &bookmark(start_rv, true),
+                ))))
+                .await
+                .is_err()
+        {
+            return;
         }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
@@ -548,12 +641,7 @@ fn watch(inner: Arc<Inner>, filter: Filter, format: Format, query: &Query) -> Re
                 received = events.recv() => match received {
                     Ok(event) => {
                         last_rv = last_rv.max(event.resource_version);
-                        if event.resource_version <= start_rv && requested.is_some() && !send_initial {
-                            // Already replayed from history.
-                            if initial.iter().any(|e| e.resource_version == event.resource_version) {
-                                continue;
-                            }
-                        }
+                        // Subscribed under the state lock: nothing here was replayed already.
                         if filter.matches(&event.namespace, &event.name, &event.labels, event.phase)
                             && tx.send(Ok(Frame::data(render(&event)))).await.is_err()
                         {
@@ -582,7 +670,12 @@ async fn tx_closed(tx: &mut FrameSender) {
     .await
 }
 
-fn pick_container(inner: &Inner, namespace: &str, name: &str, requested: Option<&str>) -> Result<(String, u32, Option<u32>), Response<Body>> {
+fn pick_container(
+    inner: &Inner,
+    namespace: &str,
+    name: &str,
+    requested: Option<&str>,
+) -> Result<(String, u32, Option<u32>), Response<Body>> {
     let state = inner.state.lock().unwrap();
     let Some(pod) = state.pods.get(&(namespace.to_string(), name.to_string())) else {
         return Err(pod_not_found(name));
@@ -596,25 +689,36 @@ fn pick_container(inner: &Inner, namespace: &str, name: &str, requested: Option<
         None => {
             return Err(status_error(
                 400,
-                &format!("a container name must be specified for pod {name}, choose one of: [{}]", names.join(" ")),
+                &format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    names.join(" ")
+                ),
             ))
         }
     };
-    Ok((container.log_dir.to_string_lossy().to_string(), container.run, container.host_pid))
+    Ok((
+        container.log_dir.to_string_lossy().to_string(),
+        container.run,
+        container.host_pid,
+    ))
 }
 
 async fn logs(inner: Arc<Inner>, namespace: String, name: String, query: Query) -> Response<Body> {
     if inner.faults.is_denied("get", "pods/log") {
         return forbidden("get", "pods/log", Some(&name), Some(&namespace));
     }
-    let (log_dir, run, _) = match pick_container(&inner, &namespace, &name, query.get("container")) {
+    let (log_dir, run, _) = match pick_container(&inner, &namespace, &name, query.get("container"))
+    {
         Ok(c) => c,
         Err(r) => return r,
     };
     let log_dir = std::path::PathBuf::from(log_dir);
     let run = if query.flag("previous") {
         if run == 0 {
-            return status_error(400, &format!("previous terminated container in pod \"{name}\" not found"));
+            return status_error(
+                400,
+                &format!("previous terminated container in pod \"{name}\" not found"),
+            );
         }
         run - 1
     } else {
@@ -637,7 +741,11 @@ async fn logs(inner: Arc<Inner>, namespace: String, name: String, query: Query) 
                     }
                 }
             }
-            if n == 0 { content.len() } else { start }
+            if n == 0 {
+                content.len()
+            } else {
+                start
+            }
         }
         None => 0,
     };
@@ -651,7 +759,11 @@ async fn logs(inner: Arc<Inner>, namespace: String, name: String, query: Query) 
     let (mut tx, response) = streaming_response("text/plain");
     let key = (namespace, name);
     tokio::spawn(async move {
-        if tx.send(Ok(Frame::data(Bytes::copy_from_slice(&content[start..])))).await.is_err() {
+        if tx
+            .send(Ok(Frame::data(Bytes::copy_from_slice(&content[start..]))))
+            .await
+            .is_err()
+        {
             return;
         }
         let mut offset = content.len() as u64;
@@ -659,7 +771,12 @@ async fn logs(inner: Arc<Inner>, namespace: String, name: String, query: Query) 
             let current_run_ended = {
                 let state = inner.state.lock().unwrap();
                 state.pods.get(&key).is_none_or(|p| {
-                    p.containers.iter().find(|c| c.log_dir == log_dir).is_none_or(|c| c.run != run || p.deletion.is_some() && c.host_pid.is_none())
+                    p.containers
+                        .iter()
+                        .find(|c| c.log_dir == log_dir)
+                        .is_none_or(|c| {
+                            c.run != run || p.deletion.is_some() && c.host_pid.is_none()
+                        })
                 })
             };
             let data = tokio::fs::read(&path).await.unwrap_or_default();
@@ -697,54 +814,89 @@ async fn sim_api(inner: Arc<Inner>, rest: String, req: Request<Incoming>) -> Res
         if body.is_empty() {
             return Ok(json!({}));
         }
-        serde_json::from_slice(&body).map_err(|e| status_error(400, &format!("request body is not valid JSON: {e}")))
+        serde_json::from_slice(&body)
+            .map_err(|e| status_error(400, &format!("request body is not valid JSON: {e}")))
     };
     let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
     let result: Result<Response<Body>, Response<Body>> = async {
         match (method, segments.as_slice()) {
             (Method::GET, ["healthz"]) => Ok(sim_ok(json!({"ok": true}))),
             (Method::POST, ["pods"]) => {
-                let template: PodTemplate = serde_json::from_slice(&body)
-                    .map_err(|e| status_error(400, &format!("pod template does not match the documented shape: {e}")))?;
-                let pod = inner.create_pod(template).await.map_err(|e| status_error(422, &format!("{e:#}")))?;
+                let template: PodTemplate = serde_json::from_slice(&body).map_err(|e| {
+                    status_error(
+                        400,
+                        &format!("pod template does not match the documented shape: {e}"),
+                    )
+                })?;
+                let pod = inner
+                    .create_pod(template)
+                    .await
+                    .map_err(|e| status_error(422, &format!("{e:#}")))?;
                 Ok(json_response(StatusCode::CREATED, &json!(pod)))
             }
             (Method::DELETE, ["pods", ns, name]) => {
                 let grace = query.get("gracePeriodSeconds").and_then(|g| g.parse().ok());
-                inner.delete_pod(ns, name, grace).await.map_err(|e| status_error(404, &format!("{e:#}")))?;
+                inner
+                    .delete_pod(ns, name, grace)
+                    .await
+                    .map_err(|e| status_error(404, &format!("{e:#}")))?;
                 Ok(sim_ok(json!({})))
             }
             (Method::POST, ["pods", ns, name, "replace"]) => {
                 let v = body_json()?;
-                let order: ReplaceOrder = serde_json::from_value(v.get("order").cloned().unwrap_or(json!("new-first")))
-                    .map_err(|e| status_error(400, &format!("order must be \"new-first\" or \"old-first\": {e}")))?;
-                let pod = inner.replace_pod(ns, name, order).await.map_err(|e| status_error(422, &format!("{e:#}")))?;
+                let order: ReplaceOrder =
+                    serde_json::from_value(v.get("order").cloned().unwrap_or(json!("new-first")))
+                        .map_err(|e| {
+                        status_error(
+                            400,
+                            &format!("order must be \"new-first\" or \"old-first\": {e}"),
+                        )
+                    })?;
+                let pod = inner
+                    .replace_pod(ns, name, order)
+                    .await
+                    .map_err(|e| status_error(422, &format!("{e:#}")))?;
                 Ok(sim_ok(json!(pod)))
             }
             (Method::POST, ["pods", ns, name, "ready"]) => {
-                let ready = body_json()?.get("ready").and_then(Value::as_bool)
+                let ready = body_json()?
+                    .get("ready")
+                    .and_then(Value::as_bool)
                     .ok_or_else(|| status_error(400, "body must be {\"ready\": true|false}"))?;
-                inner.set_ready(ns, name, ready).map_err(|e| status_error(404, &format!("{e:#}")))?;
+                inner
+                    .set_ready(ns, name, ready)
+                    .map_err(|e| status_error(404, &format!("{e:#}")))?;
                 Ok(sim_ok(json!({})))
             }
             (Method::POST, ["pods", ns, name, "containers", c, "restart"]) => {
-                inner.restart_container(ns, name, c).await.map_err(|e| status_error(422, &format!("{e:#}")))?;
+                inner
+                    .restart_container(ns, name, c)
+                    .await
+                    .map_err(|e| status_error(422, &format!("{e:#}")))?;
                 Ok(sim_ok(json!({})))
             }
             (Method::GET, ["pods", ns, name, "containers", c, "root"]) => {
-                let root = inner.container_root(ns, name, c).map_err(|e| status_error(404, &format!("{e:#}")))?;
+                let root = inner
+                    .container_root(ns, name, c)
+                    .map_err(|e| status_error(404, &format!("{e:#}")))?;
                 Ok(sim_ok(json!({"root": root})))
             }
             (Method::GET, ["pods", ns, name, "containers", c, "file"]) => {
-                let path = query.get("path").ok_or_else(|| status_error(400, "query parameter `path` is required"))?;
-                let bytes = inner.read_file(ns, name, c, path).map_err(|e| status_error(404, &e.to_string()))?;
+                let path = query
+                    .get("path")
+                    .ok_or_else(|| status_error(400, "query parameter `path` is required"))?;
+                let bytes = inner
+                    .read_file(ns, name, c, path)
+                    .map_err(|e| status_error(404, &e.to_string()))?;
                 Ok(Response::builder()
                     .status(StatusCode::OK)
                     .header(header::CONTENT_TYPE, "application/octet-stream")
                     .body(full(bytes))
                     .expect("static response parts are valid"))
             }
-            (Method::GET, ["exec-log"]) => Ok(sim_ok(json!(inner.exec_log.lock().unwrap().clone()))),
+            (Method::GET, ["exec-log"]) => {
+                Ok(sim_ok(json!(inner.exec_log.lock().unwrap().clone())))
+            }
             (Method::POST, ["close-watches"]) => {
                 inner.close_watches();
                 Ok(sim_ok(json!({})))
@@ -755,28 +907,47 @@ async fn sim_api(inner: Arc<Inner>, rest: String, req: Request<Incoming>) -> Res
             }
             (Method::POST, ["faults", "fail-exec-handshakes"]) => {
                 let v = body_json()?;
-                let count = v["count"].as_u64().ok_or_else(|| status_error(400, "body needs {\"count\": N, \"status\": CODE}"))?;
+                let count = v["count"].as_u64().ok_or_else(|| {
+                    status_error(400, "body needs {\"count\": N, \"status\": CODE}")
+                })?;
                 let status = v["status"].as_u64().unwrap_or(500);
-                inner.faults.fail_next_exec_handshakes(count as u32, status as u16);
+                inner
+                    .faults
+                    .fail_next_exec_handshakes(count as u32, status as u16);
                 Ok(sim_ok(json!({})))
             }
             (Method::POST, ["faults", "cut-exec"]) => {
                 let v = body_json()?;
-                let bytes = v["stdinBytes"].as_u64().ok_or_else(|| status_error(400, "body needs {\"stdinBytes\": N, \"mode\": \"tcp-drop\"|\"clean-close\"}"))?;
-                let mode = serde_json::from_value(v["mode"].clone())
-                    .map_err(|e| status_error(400, &format!("mode must be \"tcp-drop\" or \"clean-close\": {e}")))?;
+                let bytes = v["stdinBytes"].as_u64().ok_or_else(|| {
+                    status_error(
+                        400,
+                        "body needs {\"stdinBytes\": N, \"mode\": \"tcp-drop\"|\"clean-close\"}",
+                    )
+                })?;
+                let mode = serde_json::from_value(v["mode"].clone()).map_err(|e| {
+                    status_error(
+                        400,
+                        &format!("mode must be \"tcp-drop\" or \"clean-close\": {e}"),
+                    )
+                })?;
                 inner.faults.cut_next_exec_after(bytes, mode);
                 Ok(sim_ok(json!({})))
             }
             (Method::POST, ["faults", "latency"]) => {
-                let millis = body_json()?["millis"].as_u64().ok_or_else(|| status_error(400, "body needs {\"millis\": N}"))?;
+                let millis = body_json()?["millis"]
+                    .as_u64()
+                    .ok_or_else(|| status_error(400, "body needs {\"millis\": N}"))?;
                 inner.faults.set_latency(Duration::from_millis(millis));
                 Ok(sim_ok(json!({})))
             }
             (Method::POST, ["faults", "deny"]) => {
                 let v = body_json()?;
-                let (Some(verb), Some(resource)) = (v["verb"].as_str(), v["resource"].as_str()) else {
-                    return Err(status_error(400, "body needs {\"verb\": \"create\", \"resource\": \"pods/exec\"}"));
+                let (Some(verb), Some(resource)) = (v["verb"].as_str(), v["resource"].as_str())
+                else {
+                    return Err(status_error(
+                        400,
+                        "body needs {\"verb\": \"create\", \"resource\": \"pods/exec\"}",
+                    ));
                 };
                 inner.faults.deny(verb, resource);
                 Ok(sim_ok(json!({})))
@@ -785,7 +956,10 @@ async fn sim_api(inner: Arc<Inner>, rest: String, req: Request<Incoming>) -> Res
                 inner.faults.clear();
                 Ok(sim_ok(json!({})))
             }
-            (m, _) => Err(status_error(404, &format!("no /_sim/ endpoint for {m} /_sim/{rest}; see docs/kubesim.md"))),
+            (m, _) => Err(status_error(
+                404,
+                &format!("no /_sim/ endpoint for {m} /_sim/{rest}; see docs/kubesim.md"),
+            )),
         }
     }
     .await;

@@ -273,9 +273,7 @@ pub(crate) fn render_pod(pod: &PodState) -> Value {
             status
         })
         .collect();
-    let condition = |kind: &str, ok: bool, at: &DateTime<Utc>| {
-        json!({"type": kind, "status": if ok { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": timestamp(at)})
-    };
+    let condition = |kind: &str, ok: bool, at: &DateTime<Utc>| json!({"type": kind, "status": if ok { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": timestamp(at)});
     let containers_ready = pod.containers_ready();
     json!({
         "kind": "Pod",
@@ -316,7 +314,12 @@ pub(crate) fn render_pod(pod: &PodState) -> Value {
 }
 
 impl State {
-    fn publish(&mut self, inner_events: &broadcast::Sender<Arc<WatchEvent>>, kind: &'static str, key: &(String, String)) {
+    fn publish(
+        &mut self,
+        inner_events: &broadcast::Sender<Arc<WatchEvent>>,
+        kind: &'static str,
+        key: &(String, String),
+    ) {
         let Some(pod) = self.pods.get_mut(key) else {
             return;
         };
@@ -422,14 +425,20 @@ impl Inner {
         let mut names = HashSet::new();
         for c in &template.containers {
             if !valid_dns_label(&c.name) || !names.insert(c.name.as_str()) {
-                bail!("container name `{}` is invalid or repeated: use unique lowercase DNS labels", c.name);
+                bail!(
+                    "container name `{}` is invalid or repeated: use unique lowercase DNS labels",
+                    c.name
+                );
             }
             if c.image.is_busybox() && !image::busybox_available() {
                 bail!("image `{}` needs /bin/busybox: run `apt-get install -y busybox-static`, or use image `host`", c.image.as_str());
             }
         }
         if !valid_dns_label(&template.namespace) {
-            bail!("namespace `{}` is not a valid DNS label", template.namespace);
+            bail!(
+                "namespace `{}` is not a valid DNS label",
+                template.namespace
+            );
         }
         let generate_base = match (&template.name, &template.generate_name) {
             (_, Some(base)) => base.clone(),
@@ -446,7 +455,10 @@ impl Inner {
                 Some(name) => name.clone(),
                 None => loop {
                     let candidate = format!("{generate_base}{}", random_suffix(5));
-                    if !state.pods.contains_key(&(namespace.clone(), candidate.clone())) {
+                    if !state
+                        .pods
+                        .contains_key(&(namespace.clone(), candidate.clone()))
+                    {
                         break candidate;
                     }
                 },
@@ -467,7 +479,10 @@ impl Inner {
                 .map(|c| ContainerState {
                     name: c.name.clone(),
                     image: c.image,
-                    command: c.command.clone().unwrap_or_else(|| DEFAULT_COMMAND.to_string()),
+                    command: c
+                        .command
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_COMMAND.to_string()),
                     root: pod_dir.join("containers").join(&c.name).join("root"),
                     log_dir: pod_dir.join("containers").join(&c.name),
                     host_pid: None,
@@ -534,19 +549,30 @@ impl Inner {
         }
         let wait_ready = template.ready;
         let k = key.clone();
-        self.wait_for(&format!("pod {}/{} to run", key.0, key.1), START_TIMEOUT, move |s| {
-            s.pods.get(&k).is_none_or(|p| {
-                p.containers.iter().any(|c| c.waiting.as_ref().is_some_and(|w| w.0 == "CreateContainerError"))
-                    || (p.all_started() && (!wait_ready || p.is_ready()))
-            })
-        })
+        self.wait_for(
+            &format!("pod {}/{} to run", key.0, key.1),
+            START_TIMEOUT,
+            move |s| {
+                s.pods.get(&k).is_none_or(|p| {
+                    p.containers.iter().any(|c| {
+                        c.waiting
+                            .as_ref()
+                            .is_some_and(|w| w.0 == "CreateContainerError")
+                    }) || (p.all_started() && (!wait_ready || p.is_ready()))
+                })
+            },
+        )
         .await?;
         let state = self.state.lock().unwrap();
         let pod = state
             .pods
             .get(&key)
             .ok_or_else(|| anyhow!("pod {}/{} vanished while starting", key.0, key.1))?;
-        if let Some(c) = pod.containers.iter().find(|c| c.waiting.as_ref().is_some_and(|w| w.0 == "CreateContainerError")) {
+        if let Some(c) = pod.containers.iter().find(|c| {
+            c.waiting
+                .as_ref()
+                .is_some_and(|w| w.0 == "CreateContainerError")
+        }) {
             bail!(
                 "container `{}` of pod {}/{} failed to start: {}",
                 c.name,
@@ -595,7 +621,14 @@ impl Inner {
                     return;
                 };
                 let c = &pod.containers[index];
-                (c.root.clone(), c.image, c.command.clone(), c.log_dir.clone(), c.run, pod.name.clone())
+                (
+                    c.root.clone(),
+                    c.image,
+                    c.command.clone(),
+                    c.log_dir.clone(),
+                    c.run,
+                    pod.name.clone(),
+                )
             };
             let (root, image, command, log_dir, run, pod_name) = spec;
             if stop.borrow().is_some() {
@@ -607,7 +640,8 @@ impl Inner {
                 Ok(main) => main,
                 Err(e) => {
                     self.update_pod(&key, "MODIFIED", |p| {
-                        p.containers[index].waiting = Some(("CreateContainerError".into(), e.to_string()));
+                        p.containers[index].waiting =
+                            Some(("CreateContainerError".into(), e.to_string()));
                     });
                     let _ = stop.wait_for(|s| s.is_some()).await;
                     return;
@@ -641,7 +675,12 @@ impl Inner {
                         let was_ready = p.is_ready();
                         let c = &mut p.containers[index];
                         c.host_pid = None;
-                        c.last_terminated = Some(Terminated { exit_code, started_at, finished_at, run });
+                        c.last_terminated = Some(Terminated {
+                            exit_code,
+                            started_at,
+                            finished_at,
+                            run,
+                        });
                         if !stopping {
                             c.restart_count += 1;
                             c.run += 1;
@@ -661,7 +700,8 @@ impl Inner {
             if stopping {
                 let grace = stop.borrow().unwrap_or(DEFAULT_GRACE_SECONDS);
                 runtime::kill_pid(host_pid, libc::SIGTERM);
-                let exited = tokio::time::timeout(Duration::from_secs(grace), main.child.wait()).await;
+                let exited =
+                    tokio::time::timeout(Duration::from_secs(grace), main.child.wait()).await;
                 if exited.is_err() {
                     // SIGKILL on unshare: --kill-child takes PID 1 and its namespace with it.
                     let _ = main.child.start_kill();
@@ -676,8 +716,16 @@ impl Inner {
             }
             // A short back-off, as the kubelet's CrashLoopBackOff, keeps a crashing command from
             // spinning the CPU.
-            let restarts = self.state.lock().unwrap().pods.get(&key).map(|p| p.containers[index].restart_count).unwrap_or(0);
-            let backoff = Duration::from_millis((u64::from(restarts.saturating_sub(1)) * 200).min(5_000));
+            let restarts = self
+                .state
+                .lock()
+                .unwrap()
+                .pods
+                .get(&key)
+                .map(|p| p.containers[index].restart_count)
+                .unwrap_or(0);
+            let backoff =
+                Duration::from_millis((u64::from(restarts.saturating_sub(1)) * 200).min(5_000));
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = stop.wait_for(|s| s.is_some()) => return,
@@ -686,7 +734,12 @@ impl Inner {
     }
 
     /// Marks the pod terminating and returns its state; the caller runs `finish_delete`.
-    pub fn begin_delete(&self, namespace: &str, name: &str, grace: Option<u64>) -> anyhow::Result<Value> {
+    pub fn begin_delete(
+        &self,
+        namespace: &str,
+        name: &str,
+        grace: Option<u64>,
+    ) -> anyhow::Result<Value> {
         let key = (namespace.to_string(), name.to_string());
         let grace = grace.unwrap_or(DEFAULT_GRACE_SECONDS);
         let mut rendered = None;
@@ -719,13 +772,23 @@ impl Inner {
         self.remove_pod(&key);
     }
 
-    pub async fn delete_pod(&self, namespace: &str, name: &str, grace: Option<u64>) -> anyhow::Result<()> {
+    pub async fn delete_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        grace: Option<u64>,
+    ) -> anyhow::Result<()> {
         self.begin_delete(namespace, name, grace)?;
         self.finish_delete(namespace, name).await;
         Ok(())
     }
 
-    pub async fn replace_pod(self: &Arc<Self>, namespace: &str, name: &str, order: ReplaceOrder) -> anyhow::Result<PodRef> {
+    pub async fn replace_pod(
+        self: &Arc<Self>,
+        namespace: &str,
+        name: &str,
+        order: ReplaceOrder,
+    ) -> anyhow::Result<PodRef> {
         let template = {
             let state = self.state.lock().unwrap();
             let pod = state
@@ -766,26 +829,50 @@ impl Inner {
         Ok(())
     }
 
-    pub async fn restart_container(&self, namespace: &str, pod: &str, container: &str) -> anyhow::Result<()> {
+    pub async fn restart_container(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> anyhow::Result<()> {
         let key = (namespace.to_string(), pod.to_string());
         let (host_pid, restarts) = {
             let state = self.state.lock().unwrap();
-            let p = state.pods.get(&key).ok_or_else(|| anyhow!("pods \"{pod}\" not found in namespace `{namespace}`"))?;
-            let c = p.container(container).ok_or_else(|| anyhow!("container {container} is not valid for pod {pod}"))?;
-            (c.host_pid.ok_or_else(|| anyhow!("container `{container}` of pod {pod} is not running"))?, c.restart_count)
+            let p = state
+                .pods
+                .get(&key)
+                .ok_or_else(|| anyhow!("pods \"{pod}\" not found in namespace `{namespace}`"))?;
+            let c = p
+                .container(container)
+                .ok_or_else(|| anyhow!("container {container} is not valid for pod {pod}"))?;
+            (
+                c.host_pid.ok_or_else(|| {
+                    anyhow!("container `{container}` of pod {pod} is not running")
+                })?,
+                c.restart_count,
+            )
         };
         runtime::kill_pid(host_pid, libc::SIGKILL);
         let container = container.to_string();
-        self.wait_for(&format!("container `{container}` of {namespace}/{pod} to restart"), START_TIMEOUT, move |s| {
-            s.pods
-                .get(&key)
-                .and_then(|p| p.container(&container))
-                .is_none_or(|c| c.restart_count > restarts && c.host_pid.is_some())
-        })
+        self.wait_for(
+            &format!("container `{container}` of {namespace}/{pod} to restart"),
+            START_TIMEOUT,
+            move |s| {
+                s.pods
+                    .get(&key)
+                    .and_then(|p| p.container(&container))
+                    .is_none_or(|c| c.restart_count > restarts && c.host_pid.is_some())
+            },
+        )
         .await
     }
 
-    pub fn container_root(&self, namespace: &str, pod: &str, container: &str) -> anyhow::Result<PathBuf> {
+    pub fn container_root(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> anyhow::Result<PathBuf> {
         let state = self.state.lock().unwrap();
         let p = state
             .pods
@@ -797,12 +884,23 @@ impl Inner {
         Ok(c.root.clone())
     }
 
-    pub fn read_file(&self, namespace: &str, pod: &str, container: &str, path: &str) -> std::io::Result<Vec<u8>> {
+    pub fn read_file(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        path: &str,
+    ) -> std::io::Result<Vec<u8>> {
         let root = self
             .container_root(namespace, pod, container)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()))?;
         let host_path = resolve_in_root(&root, path)?;
-        std::fs::read(&host_path).map_err(|e| std::io::Error::new(e.kind(), format!("reading `{path}` in {namespace}/{pod}/{container}: {e}")))
+        std::fs::read(&host_path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("reading `{path}` in {namespace}/{pod}/{container}: {e}"),
+            )
+        })
     }
 
     pub fn compact_history(&self) {
@@ -855,7 +953,12 @@ pub(crate) fn exit_code_of(status: &std::process::ExitStatus) -> i32 {
 /// the way the container would see them.
 pub(crate) fn resolve_in_root(root: &Path, path: &str) -> std::io::Result<PathBuf> {
     let mut resolved = root.to_path_buf();
-    let mut pending: Vec<String> = path.split('/').filter(|s| !s.is_empty()).rev().map(String::from).collect();
+    let mut pending: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .rev()
+        .map(String::from)
+        .collect();
     let mut hops = 0;
     while let Some(part) = pending.pop() {
         match part.as_str() {
@@ -873,7 +976,9 @@ pub(crate) fn resolve_in_root(root: &Path, path: &str) -> std::io::Result<PathBu
             Ok(meta) if meta.file_type().is_symlink() => {
                 hops += 1;
                 if hops > 40 {
-                    return Err(std::io::Error::other(format!("too many symlinks resolving `{path}`")));
+                    return Err(std::io::Error::other(format!(
+                        "too many symlinks resolving `{path}`"
+                    )));
                 }
                 let target = std::fs::read_link(&candidate)?;
                 let target = target.to_string_lossy().to_string();

@@ -25,7 +25,10 @@ impl TestSim {
         let sim = Sim::start(SimOptions::new(dir.path()))
             .await
             .expect("starting kubesim");
-        TestSim { sim: Some(sim), dir }
+        TestSim {
+            sim: Some(sim),
+            dir,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -60,9 +63,10 @@ impl Drop for TestSim {
 
 pub async fn kube_client(kubeconfig: &Path) -> kube::Client {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("reading the sim's kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .expect("the sim's kubeconfig is usable by kube");
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("the sim's kubeconfig is usable by kube");
     kube::Client::try_from(config).expect("building a kube client")
 }
 
@@ -104,13 +108,23 @@ pub fn require_busybox() -> bool {
 }
 
 /// Runs `cmd` with optional stdin, killing it and failing if it outlives `deadline`.
-pub async fn run_with_deadline(cmd: &mut tokio::process::Command, stdin: Option<&[u8]>, deadline: Duration) -> Output {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+pub async fn run_with_deadline(
+    cmd: &mut tokio::process::Command,
+    stdin: Option<&[u8]>,
+    deadline: Duration,
+) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     let described = format!("{cmd:?}");
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {described}: {e}"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {described}: {e}"));
     let feed = {
         let input = stdin.map(<[u8]>::to_vec);
         let pipe = child.stdin.take();

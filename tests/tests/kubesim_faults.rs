@@ -2,7 +2,9 @@
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams, PostParams, WatchEvent, WatchParams};
 use kubesim::{CutMode, Image, PodTemplate};
@@ -11,19 +13,37 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-async fn run(pods: &Api<Pod>, pod: &str, script: &str) -> (String, Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>) {
-    let params = AttachParams::default().stdin(false).stdout(true).stderr(true);
-    let mut attached = pods.exec(pod, vec!["sh", "-c", script], &params).await.expect("exec handshake");
+async fn run(
+    pods: &Api<Pod>,
+    pod: &str,
+    script: &str,
+) -> (
+    String,
+    Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>,
+) {
+    let params = AttachParams::default()
+        .stdin(false)
+        .stdout(true)
+        .stderr(true);
+    let mut attached = pods
+        .exec(pod, vec!["sh", "-c", script], &params)
+        .await
+        .expect("exec handshake");
     let mut stdout = attached.stdout().unwrap();
     let mut stderr = attached.stderr().unwrap();
     let status = attached.take_status().unwrap();
     let work = async {
         let mut out = String::new();
         let mut err = String::new();
-        let _ = tokio::join!(stdout.read_to_string(&mut out), stderr.read_to_string(&mut err));
+        let _ = tokio::join!(
+            stdout.read_to_string(&mut out),
+            stderr.read_to_string(&mut err)
+        );
         (out + &err, status.await)
     };
-    tokio::time::timeout(DEADLINE, work).await.expect("exec finished in time")
+    tokio::time::timeout(DEADLINE, work)
+        .await
+        .expect("exec finished in time")
 }
 
 fn exit_code(status: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>) -> i32 {
@@ -31,7 +51,11 @@ fn exit_code(status: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Sta
     if s.status.as_deref() == Some("Success") {
         return 0;
     }
-    s.details.as_ref().and_then(|d| d.causes.as_ref()?.first()).and_then(|c| c.message.as_deref()?.parse().ok()).expect("exit code cause")
+    s.details
+        .as_ref()
+        .and_then(|d| d.causes.as_ref()?.first())
+        .and_then(|c| c.message.as_deref()?.parse().ok())
+        .expect("exit code cause")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,14 +64,20 @@ async fn failed_handshakes_latency_and_denials() {
         return;
     }
     let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("p").container("app", Image::Busybox)).await.unwrap();
+    sim.create_pod(PodTemplate::new("p").container("app", Image::Busybox))
+        .await
+        .unwrap();
     let client = sim.kube_client().await;
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
 
     // 500, not 503: kube retries 503 on its own.
     sim.faults().fail_next_exec_handshakes(2, 500);
     for _ in 0..2 {
-        let err = pods.exec("p", vec!["true"], &AttachParams::default()).await.err().expect("handshake fails");
+        let err = pods
+            .exec("p", vec!["true"], &AttachParams::default())
+            .await
+            .err()
+            .expect("handshake fails");
         assert!(format!("{err:?}").contains("500"), "{err:?}");
     }
     let (_, status) = run(&pods, "p", "true").await;
@@ -56,12 +86,23 @@ async fn failed_handshakes_latency_and_denials() {
     sim.faults().set_latency(Duration::from_millis(300));
     let started = Instant::now();
     pods.get("p").await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
     sim.faults().clear();
 
     sim.faults().deny("create", "pods/exec");
-    let denied = pods.exec("p", vec!["true"], &AttachParams::default()).await.err().expect("exec is denied");
-    assert!(format!("{denied:?}").contains("403") || format!("{denied:?}").contains("forbidden"), "{denied:?}");
+    let denied = pods
+        .exec("p", vec!["true"], &AttachParams::default())
+        .await
+        .err()
+        .expect("exec is denied");
+    assert!(
+        format!("{denied:?}").contains("403") || format!("{denied:?}").contains("forbidden"),
+        "{denied:?}"
+    );
     let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let ask = |subresource: &str| SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
@@ -76,23 +117,40 @@ async fn failed_handshakes_latency_and_denials() {
         },
         ..Default::default()
     };
-    let answer = reviews.create(&PostParams::default(), &ask("exec")).await.unwrap();
+    let answer = reviews
+        .create(&PostParams::default(), &ask("exec"))
+        .await
+        .unwrap();
     assert!(!answer.status.unwrap().allowed, "pods/exec is denied");
-    let answer = reviews.create(&PostParams::default(), &ask("log")).await.unwrap();
+    let answer = reviews
+        .create(&PostParams::default(), &ask("log"))
+        .await
+        .unwrap();
     assert!(answer.status.unwrap().allowed, "pods/log is allowed");
     sim.faults().deny("list", "pods");
     let err = pods.list(&Default::default()).await.unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 403), "{err:?}");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 403),
+        "{err:?}"
+    );
     sim.shutdown().await;
 }
 
 async fn cut_exec(mode: CutMode) {
     let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("p").container("app", Image::Busybox)).await.unwrap();
+    sim.create_pod(PodTemplate::new("p").container("app", Image::Busybox))
+        .await
+        .unwrap();
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
     sim.faults().cut_next_exec_after(100_000, mode);
-    let params = AttachParams::default().stdin(true).stdout(true).stderr(false);
-    let mut attached = pods.exec("p", vec!["sh", "-c", "cat > /tmp/partial"], &params).await.unwrap();
+    let params = AttachParams::default()
+        .stdin(true)
+        .stdout(true)
+        .stderr(false);
+    let mut attached = pods
+        .exec("p", vec!["sh", "-c", "cat > /tmp/partial"], &params)
+        .await
+        .unwrap();
     let mut stdin = attached.stdin().unwrap();
     let status = attached.take_status().unwrap();
     let payload = pseudo_random_bytes(1 << 20, 5);
@@ -112,14 +170,24 @@ async fn cut_exec(mode: CutMode) {
     })
     .await
     .expect("the cut ends the exec");
-    assert!(status.is_none(), "{mode:?}: no exec status after a cut: {status:?}");
+    assert!(
+        status.is_none(),
+        "{mode:?}: no exec status after a cut: {status:?}"
+    );
     let record = eventually("the cut exec to end", DEADLINE, || async {
-        sim.exec_log().into_iter().next().filter(|r| r.exit_code.is_some())
+        sim.exec_log()
+            .into_iter()
+            .next()
+            .filter(|r| r.exit_code.is_some())
     })
     .await;
     assert_eq!(record.stdin_bytes, 100_000, "{mode:?}");
     // As a kubelet does, the process saw EOF after the bytes that arrived.
-    assert_eq!(sim.read_file("default", "p", "app", "/tmp/partial").unwrap(), payload[..100_000]);
+    assert_eq!(
+        sim.read_file("default", "p", "app", "/tmp/partial")
+            .unwrap(),
+        payload[..100_000]
+    );
     sim.shutdown().await;
 }
 
@@ -156,8 +224,15 @@ async fn image_variants_behave_like_their_real_counterparts() {
     let exec_in = |container: &'static str, script: &'static str| {
         let pods = pods.clone();
         async move {
-            let params = AttachParams::default().container(container).stdin(false).stdout(true).stderr(true);
-            let mut attached = pods.exec("v", vec!["sh", "-c", script], &params).await.unwrap();
+            let params = AttachParams::default()
+                .container(container)
+                .stdin(false)
+                .stdout(true)
+                .stderr(true);
+            let mut attached = pods
+                .exec("v", vec!["sh", "-c", script], &params)
+                .await
+                .unwrap();
             let mut out = attached.stdout().unwrap();
             let status = attached.take_status().unwrap();
             let mut text = String::new();
@@ -170,8 +245,16 @@ async fn image_variants_behave_like_their_real_counterparts() {
     assert_eq!(code, 127, "busybox-notar has no tar");
     let (_, code) = exec_in("notar", "which tar").await;
     assert_ne!(code, 0, "busybox-notar has no tar on PATH");
-    let (out, code) = exec_in("ro", "cat /etc/app.conf; touch /etc/new 2>/dev/null && echo wrote; touch /tmp/ok && echo tmp").await;
-    assert_eq!((out.as_str(), code), ("x=1\ntmp\n", 0), "read-only root, writable /tmp");
+    let (out, code) = exec_in(
+        "ro",
+        "cat /etc/app.conf; touch /etc/new 2>/dev/null && echo wrote; touch /tmp/ok && echo tmp",
+    )
+    .await;
+    assert_eq!(
+        (out.as_str(), code),
+        ("x=1\ntmp\n", 0),
+        "read-only root, writable /tmp"
+    );
     let (out, _) = exec_in("nonroot", "id -u; stat -c %u /bin/busybox").await;
     assert_eq!(out, "1000\n1000\n");
     sim.shutdown().await;
@@ -183,9 +266,14 @@ async fn a_main_process_that_exits_is_restarted() {
         return;
     }
     let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("crash").container("app", Image::Busybox).command("echo run; exit 3").ready(false))
-        .await
-        .unwrap();
+    sim.create_pod(
+        PodTemplate::new("crash")
+            .container("app", Image::Busybox)
+            .command("echo run; exit 3")
+            .ready(false),
+    )
+    .await
+    .unwrap();
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
     let status = eventually("two restarts", DEADLINE, || async {
         let pod = pods.get("crash").await.ok()?;
@@ -193,9 +281,15 @@ async fn a_main_process_that_exits_is_restarted() {
         (s.restart_count >= 2).then_some(s)
     })
     .await;
-    let last = status.last_state.and_then(|l| l.terminated).expect("lastState.terminated");
+    let last = status
+        .last_state
+        .and_then(|l| l.terminated)
+        .expect("lastState.terminated");
     assert_eq!(last.exit_code, 3);
-    let previous = kube::api::LogParams { previous: true, ..Default::default() };
+    let previous = kube::api::LogParams {
+        previous: true,
+        ..Default::default()
+    };
     let logs = pods.logs("crash", &previous).await.unwrap();
     assert!(logs.starts_with("run"), "{logs:?}");
     sim.shutdown().await;
@@ -207,16 +301,39 @@ async fn watch_expired_bookmarks_and_closed_watches() {
         return;
     }
     let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("w").container("app", Image::Busybox)).await.unwrap();
+    sim.create_pod(PodTemplate::new("w").container("app", Image::Busybox))
+        .await
+        .unwrap();
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
-    let rv = pods.list(&Default::default()).await.unwrap().metadata.resource_version.unwrap();
+    let rv = pods
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
 
-    let mut stream = pods.watch(&WatchParams { bookmarks: true, ..Default::default() }, &rv).await.unwrap().boxed();
+    let mut stream = pods
+        .watch(
+            &WatchParams {
+                bookmarks: true,
+                ..Default::default()
+            },
+            &rv,
+        )
+        .await
+        .unwrap()
+        .boxed();
     sim.set_ready("default", "w", false).unwrap();
     let mut saw_modified = false;
     let mut saw_bookmark = false;
     while !(saw_modified && saw_bookmark) {
-        match tokio::time::timeout(DEADLINE, stream.try_next()).await.unwrap().unwrap().unwrap() {
+        match tokio::time::timeout(DEADLINE, stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
             WatchEvent::Modified(p) => saw_modified |= p.metadata.name.as_deref() == Some("w"),
             WatchEvent::Bookmark(_) => saw_bookmark = true,
             other => panic!("unexpected {other:?}"),
@@ -232,8 +349,17 @@ async fn watch_expired_bookmarks_and_closed_watches() {
     assert!(ended.is_ok(), "close_watches ends the stream");
 
     sim.compact_history();
-    let mut stream = pods.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
-    match tokio::time::timeout(DEADLINE, stream.try_next()).await.unwrap().unwrap().unwrap() {
+    let mut stream = pods
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    match tokio::time::timeout(DEADLINE, stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
         WatchEvent::Error(status) => {
             assert_eq!(status.code, 410);
             assert_eq!(status.reason, "Expired");
@@ -251,7 +377,10 @@ async fn sim_http_control_and_auth() {
     let sim = TestSim::start().await;
     let client = sim.kube_client().await;
     let post = |path: &str, body: &str| {
-        http::Request::post(path).header("content-type", "application/json").body(body.as_bytes().to_vec()).unwrap()
+        http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(body.as_bytes().to_vec())
+            .unwrap()
     };
     let created: serde_json::Value = client
         .request(post("/_sim/pods", r#"{"generateName":"gen-","labels":{"app":"x"},"containers":[{"name":"c","image":"busybox","files":{"/data/f.txt":"content"}}]}"#))
@@ -260,29 +389,63 @@ async fn sim_http_control_and_auth() {
     let name = created["name"].as_str().unwrap().to_string();
     assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
     let file = client
-        .request_text(http::Request::get(format!("/_sim/pods/default/{name}/containers/c/file?path=/data/f.txt")).body(Vec::new()).unwrap())
+        .request_text(
+            http::Request::get(format!(
+                "/_sim/pods/default/{name}/containers/c/file?path=/data/f.txt"
+            ))
+            .body(Vec::new())
+            .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(file, "content");
     client
-        .request_text(post(&format!("/_sim/pods/default/{name}/ready"), r#"{"ready":false}"#))
+        .request_text(post(
+            &format!("/_sim/pods/default/{name}/ready"),
+            r#"{"ready":false}"#,
+        ))
         .await
         .unwrap();
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    let ready = pods.get(&name).await.unwrap().status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
+    let ready = pods
+        .get(&name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
     assert_eq!(ready.status, "False");
     let replaced: serde_json::Value = client
-        .request(post(&format!("/_sim/pods/default/{name}/replace"), r#"{"order":"old-first"}"#))
+        .request(post(
+            &format!("/_sim/pods/default/{name}/replace"),
+            r#"{"order":"old-first"}"#,
+        ))
         .await
         .unwrap();
     let new_name = replaced["name"].as_str().unwrap();
     assert_eq!(sim.pod_names("default"), vec![new_name.to_string()]);
-    let bad = client.request_text(post("/_sim/pods", r#"{"name":"x","containers":[{"name":"c","image":"ubuntu"}]}"#)).await.unwrap_err();
-    assert!(matches!(bad, kube::Error::Api(ref s) if s.code == 400), "{bad:?}");
+    let bad = client
+        .request_text(post(
+            "/_sim/pods",
+            r#"{"name":"x","containers":[{"name":"c","image":"ubuntu"}]}"#,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(bad, kube::Error::Api(ref s) if s.code == 400),
+        "{bad:?}"
+    );
 
     // Without the token: 401 and a metav1.Status body.
     let url = format!("{}/api/v1/pods", sim.url());
-    let output = tokio::process::Command::new("curl").args(["-sk", &url]).output().await;
+    let output = tokio::process::Command::new("curl")
+        .args(["-sk", &url])
+        .output()
+        .await;
     if let Ok(output) = output {
         let body: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(body["kind"], "Status");

@@ -18,12 +18,24 @@ struct ExecResult {
     status: k8s_openapi::apimachinery::pkg::apis::meta::v1::Status,
 }
 
-async fn exec(pods: &Api<Pod>, pod: &str, container: Option<&str>, command: &[&str], stdin: &[u8]) -> ExecResult {
-    let mut params = AttachParams::default().stdin(true).stdout(true).stderr(true);
+async fn exec(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: Option<&str>,
+    command: &[&str],
+    stdin: &[u8],
+) -> ExecResult {
+    let mut params = AttachParams::default()
+        .stdin(true)
+        .stdout(true)
+        .stderr(true);
     if let Some(c) = container {
         params = params.container(c);
     }
-    let mut attached = pods.exec(pod, command.to_vec(), &params).await.expect("exec handshake");
+    let mut attached = pods
+        .exec(pod, command.to_vec(), &params)
+        .await
+        .expect("exec handshake");
     let mut writer = attached.stdin().expect("stdin requested");
     let mut stdout = attached.stdout().expect("stdout requested");
     let mut stderr = attached.stderr().expect("stderr requested");
@@ -45,9 +57,18 @@ async fn exec(pods: &Api<Pod>, pod: &str, container: Option<&str>, command: &[&s
         err
     };
     let run = async { tokio::join!(feed, read_out, read_err, status) };
-    let (_, stdout, stderr, status) = tokio::time::timeout(DEADLINE, run).await.expect("exec finished in time");
-    attached.join().await.expect("exec connection closed cleanly");
-    ExecResult { stdout, stderr, status: status.expect("a status arrived on channel 3") }
+    let (_, stdout, stderr, status) = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("exec finished in time");
+    attached
+        .join()
+        .await
+        .expect("exec connection closed cleanly");
+    ExecResult {
+        stdout,
+        stderr,
+        status: status.expect("a status arrived on channel 3"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,31 +77,75 @@ async fn exec_streams_stdin_to_eof_and_reports_exit_codes() {
         return;
     }
     let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("web").label("app", "web").container("app", Image::Busybox))
-        .await
-        .unwrap();
+    sim.create_pod(
+        PodTemplate::new("web")
+            .label("app", "web")
+            .container("app", Image::Busybox),
+    )
+    .await
+    .unwrap();
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
 
     let payload = pseudo_random_bytes(1 << 20, 7);
-    let ok = exec(&pods, "web", None, &["sh", "-c", "cat > /tmp/upload && wc -c < /tmp/upload && echo warn >&2"], &payload).await;
-    assert_eq!(ok.status.status.as_deref(), Some("Success"), "{:?}", ok.status);
-    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), (1 << 20).to_string());
+    let ok = exec(
+        &pods,
+        "web",
+        None,
+        &[
+            "sh",
+            "-c",
+            "cat > /tmp/upload && wc -c < /tmp/upload && echo warn >&2",
+        ],
+        &payload,
+    )
+    .await;
+    assert_eq!(
+        ok.status.status.as_deref(),
+        Some("Success"),
+        "{:?}",
+        ok.status
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout).trim(),
+        (1 << 20).to_string()
+    );
     assert_eq!(ok.stderr, b"warn\n");
-    assert_eq!(sim.read_file("default", "web", "app", "/tmp/upload").unwrap(), payload);
+    assert_eq!(
+        sim.read_file("default", "web", "app", "/tmp/upload")
+            .unwrap(),
+        payload
+    );
 
     let failed = exec(&pods, "web", None, &["sh", "-c", "exit 3"], b"").await;
     assert_eq!(failed.status.status.as_deref(), Some("Failure"));
     assert_eq!(failed.status.reason.as_deref(), Some("NonZeroExitCode"));
-    let causes = failed.status.details.and_then(|d| d.causes).unwrap_or_default();
+    let causes = failed
+        .status
+        .details
+        .and_then(|d| d.causes)
+        .unwrap_or_default();
     assert_eq!(causes.len(), 1);
     assert_eq!(causes[0].reason.as_deref(), Some("ExitCode"));
     assert_eq!(causes[0].message.as_deref(), Some("3"));
 
     // PID 1 and absolute paths are the container's, not the host's.
-    let ps = exec(&pods, "web", None, &["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /"], b"").await;
+    let ps = exec(
+        &pods,
+        "web",
+        None,
+        &["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /"],
+        b"",
+    )
+    .await;
     let text = String::from_utf8_lossy(&ps.stdout);
-    assert!(text.starts_with("/bin/sh -c "), "PID 1 is the container's main process: {text}");
-    assert!(!text.contains("work"), "the host's / is not visible: {text}");
+    assert!(
+        text.starts_with("/bin/sh -c "),
+        "PID 1 is the container's main process: {text}"
+    );
+    assert!(
+        !text.contains("work"),
+        "the host's / is not visible: {text}"
+    );
 
     let log = sim.exec_log();
     assert_eq!(log.len(), 3);
@@ -94,10 +159,16 @@ async fn exec_streams_stdin_to_eof_and_reports_exit_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_image_has_gnu_tar_and_works_without_busybox() {
     let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("deb").container("app", Image::Host)).await.unwrap();
+    sim.create_pod(PodTemplate::new("deb").container("app", Image::Host))
+        .await
+        .unwrap();
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
     let version = exec(&pods, "deb", None, &["tar", "--version"], b"").await;
-    assert!(String::from_utf8_lossy(&version.stdout).contains("GNU tar"), "{:?}", String::from_utf8_lossy(&version.stdout));
+    assert!(
+        String::from_utf8_lossy(&version.stdout).contains("GNU tar"),
+        "{:?}",
+        String::from_utf8_lossy(&version.stdout)
+    );
     // A tar stream extracted inside the container lands in its root.
     let mut archive = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
@@ -105,11 +176,30 @@ async fn host_image_has_gnu_tar_and_works_without_busybox() {
     header.set_size(body.len() as u64);
     header.set_mode(0o644);
     header.set_cksum();
-    archive.append_data(&mut header, "srv/app/$(reboot)\nname.txt", &body[..]).unwrap();
+    archive
+        .append_data(&mut header, "srv/app/$(reboot)\nname.txt", &body[..])
+        .unwrap();
     let bytes = archive.into_inner().unwrap();
-    let untar = exec(&pods, "deb", None, &["tar", "-x", "-f", "-", "-C", "/"], &bytes).await;
-    assert_eq!(untar.status.status.as_deref(), Some("Success"), "{:?} {}", untar.status, String::from_utf8_lossy(&untar.stderr));
-    assert_eq!(sim.read_file("default", "deb", "app", "/srv/app/$(reboot)\nname.txt").unwrap(), body);
+    let untar = exec(
+        &pods,
+        "deb",
+        None,
+        &["tar", "-x", "-f", "-", "-C", "/"],
+        &bytes,
+    )
+    .await;
+    assert_eq!(
+        untar.status.status.as_deref(),
+        Some("Success"),
+        "{:?} {}",
+        untar.status,
+        String::from_utf8_lossy(&untar.stderr)
+    );
+    assert_eq!(
+        sim.read_file("default", "deb", "app", "/srv/app/$(reboot)\nname.txt")
+            .unwrap(),
+        body
+    );
     sim.shutdown().await;
 }
 
@@ -119,15 +209,29 @@ async fn list_get_and_label_selectors() {
         return;
     }
     let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("web-1").label("app", "web").label("tier", "front").container("app", Image::Busybox))
-        .await
-        .unwrap();
-    sim.create_pod(PodTemplate::new("db-1").label("app", "db").container("db", Image::Busybox).ready(false))
-        .await
-        .unwrap();
+    sim.create_pod(
+        PodTemplate::new("web-1")
+            .label("app", "web")
+            .label("tier", "front")
+            .container("app", Image::Busybox),
+    )
+    .await
+    .unwrap();
+    sim.create_pod(
+        PodTemplate::new("db-1")
+            .label("app", "db")
+            .container("db", Image::Busybox)
+            .ready(false),
+    )
+    .await
+    .unwrap();
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
     let names = |list: kube::core::ObjectList<Pod>| {
-        let mut n: Vec<String> = list.items.into_iter().map(|p| p.metadata.name.unwrap()).collect();
+        let mut n: Vec<String> = list
+            .items
+            .into_iter()
+            .map(|p| p.metadata.name.unwrap())
+            .collect();
         n.sort();
         n
     };
@@ -139,22 +243,41 @@ async fn list_get_and_label_selectors() {
         ("tier", vec!["web-1"]),
         ("app!=web", vec!["db-1"]),
     ] {
-        let list = pods.list(&ListParams::default().labels(selector)).await.unwrap();
+        let list = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .unwrap();
         assert_eq!(names(list), expected, "selector {selector}");
     }
-    let by_name = pods.list(&ListParams::default().fields("metadata.name=db-1")).await.unwrap();
+    let by_name = pods
+        .list(&ListParams::default().fields("metadata.name=db-1"))
+        .await
+        .unwrap();
     assert_eq!(names(by_name), vec!["db-1"]);
 
     let web = pods.get("web-1").await.unwrap();
     let status = web.status.unwrap();
     assert_eq!(status.phase.as_deref(), Some("Running"));
     let ready = |s: &k8s_openapi::api::core::v1::PodStatus| {
-        s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap().status.clone()
+        s.conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .status
+            .clone()
     };
     assert_eq!(ready(&status), "True");
-    assert_eq!(ready(&pods.get("db-1").await.unwrap().status.unwrap()), "False");
+    assert_eq!(
+        ready(&pods.get("db-1").await.unwrap().status.unwrap()),
+        "False"
+    );
     let missing = pods.get("nope").await.unwrap_err();
-    assert!(matches!(missing, kube::Error::Api(ref s) if s.code == 404), "{missing:?}");
+    assert!(
+        matches!(missing, kube::Error::Api(ref s) if s.code == 404),
+        "{missing:?}"
+    );
     sim.shutdown().await;
 }
 
@@ -164,17 +287,30 @@ async fn watcher_follows_a_replacement() {
         return;
     }
     let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("api").label("app", "api").container("app", Image::Busybox)).await.unwrap();
+    sim.create_pod(
+        PodTemplate::new("api")
+            .label("app", "api")
+            .container("app", Image::Busybox),
+    )
+    .await
+    .unwrap();
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
     let mut events = watcher(pods, watcher::Config::default().labels("app=api")).boxed();
     // Wait for the initial listing to finish before changing anything.
     loop {
-        let event = tokio::time::timeout(DEADLINE, events.try_next()).await.unwrap().unwrap().unwrap();
+        let event = tokio::time::timeout(DEADLINE, events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if matches!(event, watcher::Event::InitDone) {
             break;
         }
     }
-    let new = sim.replace_pod("default", "api", ReplaceOrder::NewFirst).await.unwrap();
+    let new = sim
+        .replace_pod("default", "api", ReplaceOrder::NewFirst)
+        .await
+        .unwrap();
     assert_ne!(new.name, "api");
     assert!(new.name.starts_with("api-"), "{}", new.name);
     let mut saw_new_ready = false;
@@ -187,17 +323,17 @@ async fn watcher_follows_a_replacement() {
             .expect("stream continues");
         match event {
             watcher::Event::Apply(pod) => {
-                let ready = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-                    c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                });
+                let ready = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
                 if pod.metadata.name.as_deref() == Some(new.name.as_str()) && ready {
                     saw_new_ready = true;
                 }
             }
             watcher::Event::Delete(pod) => {
-                if pod.metadata.name.as_deref() == Some("api") {
-                    saw_old_deleted = true;
-                }
+                saw_old_deleted |= pod.metadata.name.as_deref() == Some("api")
             }
             _ => {}
         }
@@ -212,19 +348,29 @@ async fn restarts_count_and_processes_die_with_the_sim() {
         return;
     }
     let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("r").container("app", Image::Busybox)).await.unwrap();
+    sim.create_pod(PodTemplate::new("r").container("app", Image::Busybox))
+        .await
+        .unwrap();
     let before = sim.host_pids();
     assert!(!before.is_empty());
     sim.restart_container("default", "r", "app").await.unwrap();
     assert_eq!(sim.restart_count("default", "r", "app"), Some(1));
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
     let pod = pods.get("r").await.unwrap();
-    assert_eq!(pod.status.unwrap().container_statuses.unwrap()[0].restart_count, 1);
+    assert_eq!(
+        pod.status.unwrap().container_statuses.unwrap()[0].restart_count,
+        1
+    );
     let pids = sim.host_pids();
     sim.shutdown().await;
     for pid in pids {
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'));
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        });
         assert!(!alive, "pid {pid} outlived the sim");
     }
 }

@@ -3,13 +3,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kubesim::{Image, PodTemplate, ReplaceOrder};
+use podloop_e2e::{
+    kubectl_command, pseudo_random_bytes, require_busybox, require_kubectl, run_with_deadline,
+    TestSim,
+};
 use tokio::io::AsyncBufReadExt;
-use podloop_e2e::{kubectl_command, pseudo_random_bytes, require_busybox, require_kubectl, run_with_deadline, TestSim};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const VERSIONS: [&str; 2] = ["1.33", "1.30"];
 
-async fn kubectl(bin: &Path, sim: &TestSim, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+async fn kubectl(
+    bin: &Path,
+    sim: &TestSim,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
     let mut cmd = kubectl_command(bin, &sim.kubeconfig_path());
     cmd.args(args);
     run_with_deadline(&mut cmd, stdin, DEADLINE).await
@@ -20,12 +28,21 @@ fn stdout(o: &std::process::Output) -> String {
 }
 
 fn assert_ok(o: &std::process::Output, what: &str) {
-    assert!(o.status.success(), "{what} failed: {:?}\nstdout: {}\nstderr: {}", o.status, stdout(o), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{what} failed: {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// The kubectl binaries present (or a CI failure when one is missing).
 fn kubectls() -> Vec<(&'static str, PathBuf)> {
-    VERSIONS.iter().filter_map(|v| require_kubectl(v).map(|p| (*v, p))).collect()
+    VERSIONS
+        .iter()
+        .filter_map(|v| require_kubectl(v).map(|p| (*v, p)))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,22 +51,66 @@ async fn kubectl_get_pods_with_label_selectors() {
         return;
     }
     let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("web-1").label("app", "web").container("app", Image::Busybox)).await.unwrap();
-    sim.create_pod(PodTemplate::new("db-1").label("app", "db").container("db", Image::Busybox)).await.unwrap();
+    sim.create_pod(
+        PodTemplate::new("web-1")
+            .label("app", "web")
+            .container("app", Image::Busybox),
+    )
+    .await
+    .unwrap();
+    sim.create_pod(
+        PodTemplate::new("db-1")
+            .label("app", "db")
+            .container("db", Image::Busybox),
+    )
+    .await
+    .unwrap();
     for (version, bin) in kubectls() {
         let out = kubectl(&bin, &sim, &["get", "pods", "-l", "app=web"], None).await;
         assert_ok(&out, "get pods -l");
         let text = stdout(&out);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "kubectl {version}: header and one row: {text}");
-        assert!(lines[0].starts_with("NAME") && lines[0].contains("READY") && lines[0].contains("STATUS"), "{text}");
-        assert!(lines[1].starts_with("web-1") && lines[1].contains("1/1") && lines[1].contains("Running"), "{text}");
+        assert_eq!(
+            lines.len(),
+            2,
+            "kubectl {version}: header and one row: {text}"
+        );
+        assert!(
+            lines[0].starts_with("NAME")
+                && lines[0].contains("READY")
+                && lines[0].contains("STATUS"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("web-1")
+                && lines[1].contains("1/1")
+                && lines[1].contains("Running"),
+            "{text}"
+        );
 
-        let names = kubectl(&bin, &sim, &["get", "pods", "-l", "app in (web,db)", "-o", "name"], None).await;
+        let names = kubectl(
+            &bin,
+            &sim,
+            &["get", "pods", "-l", "app in (web,db)", "-o", "name"],
+            None,
+        )
+        .await;
         assert_ok(&names, "get -o name");
         assert_eq!(stdout(&names), "pod/db-1\npod/web-1\n", "kubectl {version}");
 
-        let json = kubectl(&bin, &sim, &["get", "pod", "db-1", "-o", "jsonpath={.status.phase} {.metadata.labels.app}"], None).await;
+        let json = kubectl(
+            &bin,
+            &sim,
+            &[
+                "get",
+                "pod",
+                "db-1",
+                "-o",
+                "jsonpath={.status.phase} {.metadata.labels.app}",
+            ],
+            None,
+        )
+        .await;
         assert_ok(&json, "get -o jsonpath");
         assert_eq!(stdout(&json), "Running db", "kubectl {version}");
     }
@@ -72,29 +133,105 @@ async fn kubectl_exec_pipes_one_mebibyte_and_propagates_exit_codes() {
     .unwrap();
     let payload = pseudo_random_bytes(1 << 20, 42);
     for (version, bin) in kubectls() {
-        let out = kubectl(&bin, &sim, &["exec", "-i", "multi", "--", "sh", "-c", "cat > /tmp/in && cat /tmp/in"], Some(&payload)).await;
+        let out = kubectl(
+            &bin,
+            &sim,
+            &[
+                "exec",
+                "-i",
+                "multi",
+                "--",
+                "sh",
+                "-c",
+                "cat > /tmp/in && cat /tmp/in",
+            ],
+            Some(&payload),
+        )
+        .await;
         assert_ok(&out, "exec -i");
-        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "kubectl {version}: a clean exec logs nothing");
-        assert!(out.stdout == payload, "kubectl {version}: 1 MiB round trip differs ({} bytes back)", out.stdout.len());
-        assert_eq!(sim.read_file("default", "multi", "main", "/tmp/in").unwrap(), payload);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "",
+            "kubectl {version}: a clean exec logs nothing"
+        );
+        assert!(
+            out.stdout == payload,
+            "kubectl {version}: 1 MiB round trip differs ({} bytes back)",
+            out.stdout.len()
+        );
+        assert_eq!(
+            sim.read_file("default", "multi", "main", "/tmp/in")
+                .unwrap(),
+            payload
+        );
 
-        let failed = kubectl(&bin, &sim, &["exec", "multi", "--", "sh", "-c", "exit 7"], None).await;
-        assert_eq!(failed.status.code(), Some(7), "kubectl {version}: {}", String::from_utf8_lossy(&failed.stderr));
+        let failed = kubectl(
+            &bin,
+            &sim,
+            &["exec", "multi", "--", "sh", "-c", "exit 7"],
+            None,
+        )
+        .await;
+        assert_eq!(
+            failed.status.code(),
+            Some(7),
+            "kubectl {version}: {}",
+            String::from_utf8_lossy(&failed.stderr)
+        );
 
-        let side = kubectl(&bin, &sim, &["exec", "multi", "-c", "side", "--", "tar", "--version"], None).await;
+        let side = kubectl(
+            &bin,
+            &sim,
+            &["exec", "multi", "-c", "side", "--", "tar", "--version"],
+            None,
+        )
+        .await;
         assert_ok(&side, "exec -c side");
-        assert!(stdout(&side).contains("GNU tar"), "kubectl {version}: -c picks the host-image container");
+        assert!(
+            stdout(&side).contains("GNU tar"),
+            "kubectl {version}: -c picks the host-image container"
+        );
 
-        let main = kubectl(&bin, &sim, &["exec", "multi", "--", "sh", "-c", "tar --help 2>&1 | head -1"], None).await;
+        let main = kubectl(
+            &bin,
+            &sim,
+            &[
+                "exec",
+                "multi",
+                "--",
+                "sh",
+                "-c",
+                "tar --help 2>&1 | head -1",
+            ],
+            None,
+        )
+        .await;
         assert_ok(&main, "exec default container");
-        assert!(stdout(&main).contains("BusyBox"), "kubectl {version}: default container is busybox: {}", stdout(&main));
+        assert!(
+            stdout(&main).contains("BusyBox"),
+            "kubectl {version}: default container is busybox: {}",
+            stdout(&main)
+        );
 
-        let unknown = kubectl(&bin, &sim, &["exec", "multi", "-c", "nope", "--", "true"], None).await;
+        let unknown = kubectl(
+            &bin,
+            &sim,
+            &["exec", "multi", "-c", "nope", "--", "true"],
+            None,
+        )
+        .await;
         assert!(!unknown.status.success());
-        assert!(String::from_utf8_lossy(&unknown.stderr).contains("nope"), "{}", String::from_utf8_lossy(&unknown.stderr));
+        assert!(
+            String::from_utf8_lossy(&unknown.stderr).contains("nope"),
+            "{}",
+            String::from_utf8_lossy(&unknown.stderr)
+        );
     }
     let protocols: Vec<String> = sim.exec_log().into_iter().map(|r| r.protocol).collect();
-    assert!(protocols.iter().all(|p| p == "v5.channel.k8s.io"), "{protocols:?}");
+    assert!(
+        protocols.iter().all(|p| p == "v5.channel.k8s.io"),
+        "{protocols:?}"
+    );
     sim.shutdown().await;
 }
 
@@ -104,7 +241,13 @@ async fn kubectl_get_watch_sees_a_replacement() {
         return;
     }
     let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("api").label("app", "api").container("app", Image::Busybox)).await.unwrap();
+    sim.create_pod(
+        PodTemplate::new("api")
+            .label("app", "api")
+            .container("app", Image::Busybox),
+    )
+    .await
+    .unwrap();
     let mut current = "api".to_string();
     for (version, bin) in kubectls() {
         let mut cmd = kubectl_command(&bin, &sim.kubeconfig_path());
@@ -125,12 +268,18 @@ async fn kubectl_get_watch_sees_a_replacement() {
         assert!(header.starts_with("NAME"), "kubectl {version}: {header}");
         let first = next_line().await;
         assert!(first.starts_with(&current), "kubectl {version}: {first}");
-        let new = sim.replace_pod("default", &current, ReplaceOrder::NewFirst).await.unwrap();
+        let new = sim
+            .replace_pod("default", &current, ReplaceOrder::NewFirst)
+            .await
+            .unwrap();
         let mut saw_new_running = false;
         let mut saw_old_terminating = false;
         while !(saw_new_running && saw_old_terminating) {
             let line = next_line().await;
-            assert!(!line.starts_with("NAME"), "kubectl {version}: headers are printed once: {line}");
+            assert!(
+                !line.starts_with("NAME"),
+                "kubectl {version}: headers are printed once: {line}"
+            );
             if line.starts_with(&new.name) && line.contains("1/1") && line.contains("Running") {
                 saw_new_running = true;
             }
@@ -170,8 +319,20 @@ async fn kubectl_cp_round_trips_a_tree() {
     }
     let sim = TestSim::start().await;
     // As in a real cluster, `kubectl cp` needs the parent directory to exist.
-    sim.create_pod(PodTemplate::new("box").container("app", Image::Busybox).file("/srv/.keep", "")).await.unwrap();
-    sim.create_pod(PodTemplate::new("deb").container("app", Image::Host).file("/srv/.keep", "")).await.unwrap();
+    sim.create_pod(
+        PodTemplate::new("box")
+            .container("app", Image::Busybox)
+            .file("/srv/.keep", ""),
+    )
+    .await
+    .unwrap();
+    sim.create_pod(
+        PodTemplate::new("deb")
+            .container("app", Image::Host)
+            .file("/srv/.keep", ""),
+    )
+    .await
+    .unwrap();
     let local = sim.dir().join("cp-local");
     let files = write_tree(&local);
     for (version, bin) in kubectls() {
@@ -181,13 +342,22 @@ async fn kubectl_cp_round_trips_a_tree() {
             assert_ok(&up, "cp into the pod");
             for (rel, content) in &files {
                 let inside = format!("/srv/tree-{version}/{}", rel.display());
-                assert_eq!(&sim.read_file("default", pod, "app", &inside).unwrap(), content, "kubectl {version} {pod} {inside}");
+                assert_eq!(
+                    &sim.read_file("default", pod, "app", &inside).unwrap(),
+                    content,
+                    "kubectl {version} {pod} {inside}"
+                );
             }
             let back = sim.dir().join(format!("cp-back-{pod}-{version}"));
             let down = kubectl(&bin, &sim, &["cp", &target, back.to_str().unwrap()], None).await;
             assert_ok(&down, "cp out of the pod");
             for (rel, content) in &files {
-                assert_eq!(&std::fs::read(back.join(rel)).unwrap(), content, "kubectl {version} {pod} back {}", rel.display());
+                assert_eq!(
+                    &std::fs::read(back.join(rel)).unwrap(),
+                    content,
+                    "kubectl {version} {pod} back {}",
+                    rel.display()
+                );
             }
         }
     }
@@ -223,11 +393,22 @@ async fn kubectl_logs_and_delete() {
 
         let deleted = kubectl(&bin, &sim, &["delete", "pod", &name], None).await;
         assert_ok(&deleted, "delete pod");
-        assert_eq!(stdout(&deleted), format!("pod \"{name}\" deleted\n"), "kubectl {version}");
-        assert!(!sim.pod_names("default").contains(&name), "kubectl delete waits until the pod is gone");
+        assert_eq!(
+            stdout(&deleted),
+            format!("pod \"{name}\" deleted\n"),
+            "kubectl {version}"
+        );
+        assert!(
+            !sim.pod_names("default").contains(&name),
+            "kubectl delete waits until the pod is gone"
+        );
         let gone = kubectl(&bin, &sim, &["get", "pod", &name], None).await;
         assert!(!gone.status.success());
-        assert!(String::from_utf8_lossy(&gone.stderr).contains(&format!("pods \"{name}\" not found")), "{}", String::from_utf8_lossy(&gone.stderr));
+        assert!(
+            String::from_utf8_lossy(&gone.stderr).contains(&format!("pods \"{name}\" not found")),
+            "{}",
+            String::from_utf8_lossy(&gone.stderr)
+        );
     }
     sim.shutdown().await;
 }
