@@ -23,7 +23,7 @@ import {
 } from 'vscode-languageclient/node';
 
 import { MenuAction, menuItems } from './menu';
-import { PodloopStatus, STATUS_NOTIFICATION, ServerCommand, parseStatus } from './protocol';
+import { PodloopStatus, STATUS_NOTIFICATION, ServerCommand, describeSyncAll, parseStatus } from './protocol';
 import { CrashBudget } from './restartPolicy';
 import { LastSyncMemory } from './syncMemory';
 import { INSTALL_HINT, describeMissingBinary, findServerBinary } from './serverBinary';
@@ -348,18 +348,6 @@ class Controller implements vscode.Disposable {
     this.statusItem.dispose();
     this.output.dispose();
   }
-}
-
-function describeSyncAll(report: unknown): string {
-  if (typeof report === 'object' && report !== null) {
-    const value = report as Record<string, unknown>;
-    const sent = value.filesSent ?? value.files_sent;
-    const targets = value.targets;
-    if (typeof sent === 'number' && typeof targets === 'number') {
-      return `sent ${sent} file${sent === 1 ? '' : 's'} to ${targets} target${targets === 1 ? '' : 's'}`;
-    }
-  }
-  return 'sync all done';
 }
 
 function isExecutableFile(candidate: string): boolean {

@@ -111,3 +111,25 @@ function oneOf<T extends string>(value: unknown, allowed: readonly T[]): T | und
 function stringOr(value: unknown, fallback: string): string {
   return typeof value === 'string' ? value : fallback;
 }
+
+/** One line for the `podloop.syncAll` result (`{filesSent, filesDeleted, targets, failures}`). */
+export function describeSyncAll(report: unknown): string {
+  if (typeof report !== 'object' || report === null) {
+    return 'sync all done';
+  }
+  const value = report as Record<string, unknown>;
+  const count = (key: string): number | undefined => (typeof value[key] === 'number' ? (value[key] as number) : undefined);
+  const sent = count('filesSent');
+  const deleted = count('filesDeleted') ?? 0;
+  const targets = count('targets');
+  if (sent === undefined || targets === undefined) {
+    return 'sync all done';
+  }
+  const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
+  let line = `sent ${plural(sent, 'file')}${deleted > 0 ? `, deleted ${deleted}` : ''} to ${plural(targets, 'target')}`;
+  const failures = Array.isArray(value.failures) ? value.failures.length : 0;
+  if (failures > 0) {
+    line += `; ${plural(failures, 'failure')}`;
+  }
+  return line;
+}

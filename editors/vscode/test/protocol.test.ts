@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { parseStatus } from '../src/protocol';
+import { describeSyncAll, parseStatus } from '../src/protocol';
 
 describe('parseStatus', () => {
   it('reads the documented payload', () => {
@@ -44,5 +44,20 @@ describe('parseStatus', () => {
       pending: 0,
       targets: [{ mapping: '', namespace: '', pod: 'p', container: '', state: 'waiting', lastSync: null, error: null }],
     });
+  });
+});
+
+describe('describeSyncAll', () => {
+  it('summarises the report', () => {
+    assert.equal(describeSyncAll({ filesSent: 3, filesDeleted: 0, targets: 1, failures: [] }), 'sent 3 files to 1 target');
+    assert.equal(
+      describeSyncAll({ filesSent: 1, filesDeleted: 2, targets: 2, failures: ['api-1: tar exited 2'] }),
+      'sent 1 file, deleted 2 to 2 targets; 1 failure',
+    );
+  });
+
+  it('falls back when the shape is unknown', () => {
+    assert.equal(describeSyncAll(null), 'sync all done');
+    assert.equal(describeSyncAll({ files: 3 }), 'sync all done');
   });
 });
