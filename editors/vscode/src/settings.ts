@@ -1,7 +1,8 @@
 // The settings the server understands, as sent in initializationOptions and
 // workspace/didChangeConfiguration (see docs/lsp-extensions.md).
 
-export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace';
+/** `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as `podloop=debug,kube=warn`. */
+export type LogLevel = string;
 
 export interface ServerOptions {
   context: string | null;
@@ -11,17 +12,15 @@ export interface ServerOptions {
   paused?: boolean;
 }
 
-const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug', 'trace'];
-
 /** Reads `podloop.*` through a getter so it works with VS Code's configuration or a plain object. */
 export function serverOptions(get: (key: string) => unknown, paused?: boolean): ServerOptions {
-  const logLevel = get('logLevel');
   const options: ServerOptions = {
     // An empty string is what the settings UI leaves after clearing a field:
     // it means "no override", not "the context named ''".
     context: nonEmpty(get('context')),
     namespace: nonEmpty(get('namespace')),
-    logLevel: typeof logLevel === 'string' && (LOG_LEVELS as readonly string[]).includes(logLevel) ? (logLevel as LogLevel) : 'info',
+    // The server validates filters and reports a bad one; the extension only fills the default.
+    logLevel: nonEmpty(get('logLevel')) ?? 'info',
   };
   if (paused !== undefined) {
     options.paused = paused;

@@ -24,8 +24,10 @@ describe('serverOptions', () => {
     });
   });
 
-  it('rejects an unknown log level', () => {
-    assert.equal(serverOptions(getter({ logLevel: 'loud' })).logLevel, 'info');
+  it('passes a tracing filter through and defaults a blank log level', () => {
+    assert.equal(serverOptions(getter({ logLevel: 'podloop=debug,kube=warn' })).logLevel, 'podloop=debug,kube=warn');
+    assert.equal(serverOptions(getter({ logLevel: ' ' })).logLevel, 'info');
+    assert.equal(serverOptions(getter({ logLevel: 3 })).logLevel, 'info');
   });
 
   it('carries the pause state only when known', () => {
