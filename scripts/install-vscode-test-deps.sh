@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the VS Code extension's tests need on a fresh Debian 12
-# machine (root, package registries only): Chromium, ripgrep and libkrb5-dev
-# from apt, the extension's npm dependencies, and code-server 4.100.3 outside
+# machine (root, package registries only): Chromium, ripgrep, libkrb5-dev and
+# a C toolchain from apt, the extension's npm dependencies, and code-server 4.100.3 outside
 # the repository. Idempotent: a second run only checks.
 #
-# Why the odd steps (see docs in editors/vscode/README.md):
+# Why the odd steps:
 # - code-server's postinstall refuses root without npm_config_unsafe_perm, and
 #   node-pty's postinstall runs `npx node-gyp`, which needs npm_config_yes.
 # - @vscode/ripgrep 1.15.11 downloads rg from GitHub unless its cache already
@@ -21,7 +21,9 @@ log() { echo "install-vscode-test-deps: $*"; }
 
 # --- apt -------------------------------------------------------------------
 need=()
-for pkg in chromium ripgrep libkrb5-dev; do
+# build-essential and python3: node-gyp builds code-server's native modules;
+# busybox-static: the e2e test's kubesim pod runs the busybox image.
+for pkg in chromium ripgrep libkrb5-dev build-essential python3 busybox-static; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
