@@ -26,6 +26,8 @@ enum Command {
     Watch(WatchArgs),
     /// Show each mapping's pods and containers and whether they can be synced.
     Status(StatusArgs),
+    #[command(flatten)]
+    FirstSteps(cli::demo::FirstSteps),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -42,6 +44,9 @@ fn main() -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
         )
         .init();
+    if let Command::FirstSteps(command) = cli.command {
+        return Ok(ExitCode::from(command.run()?));
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     let code = runtime.block_on(run(cli.command));
     Ok(ExitCode::from(code))
@@ -60,7 +65,7 @@ async fn run(command: Command) -> u8 {
         }
         Command::Watch(args) => (&args.cluster, cli::load_config(&args.cluster)),
         Command::Status(args) => (&args.cluster, cli::load_config(&args.cluster)),
-        Command::Lsp { .. } => unreachable!("handled in main"),
+        Command::Lsp { .. } | Command::FirstSteps(_) => unreachable!("handled in main"),
     };
     let config = match result {
         Ok(c) => c,
@@ -83,7 +88,7 @@ async fn run(command: Command) -> u8 {
         Command::Sync(args) => cli::sync(cluster, args, config).await,
         Command::Watch(args) => cli::watch(cluster, args, config).await,
         Command::Status(args) => cli::status(cluster, args, config).await,
-        Command::Lsp { .. } => unreachable!("handled in main"),
+        Command::Lsp { .. } | Command::FirstSteps(_) => unreachable!("handled in main"),
     };
     code.clamp(0, 255) as u8
 }
