@@ -443,3 +443,140 @@ async fn closing_stdin_without_shutdown_is_a_clean_exit() {
     assert!(!outcome.shutdown_requested);
     assert_eq!(outcome.exit_code(), 0);
 }
+
+#[tokio::test]
+async fn a_large_batch_shows_server_created_progress_that_ends() {
+    let workspace = workspace_with_config(CONFIG);
+    let cluster = one_pod_cluster();
+    // No server watcher: the files below reach the engine as one syncAll.
+    let server = TestServer::builder()
+        .workspace(workspace.path())
+        .capabilities(json!({
+            "window": {"workDoneProgress": true},
+            "workspace": {"didChangeWatchedFiles": {"dynamicRegistration": true}}
+        }))
+        .engine(cluster.starter())
+        .build()
+        .await;
+    server.wait_for_status(is_settled_ok).await;
+    for index in 0..80 {
+        write_file(
+            workspace.path(),
+            &format!("src/bulk/{index}.txt"),
+            &index.to_string(),
+        );
+    }
+    server.execute_command("podloop.syncAll").await;
+
+    let is_batch_token = |token: &Value| {
+        token
+            .as_str()
+            .is_some_and(|text| text.starts_with("podloop/") && !text.contains("command"))
+    };
+    let end = server
+        .wait_for_notification("$/progress", |params| {
+            is_batch_token(&params["token"]) && params["value"]["kind"] == "end"
+        })
+        .await;
+    let token = end["token"].clone();
+    let created = server.server_requests("window/workDoneProgress/create");
+    assert!(
+        created.iter().any(|params| params["token"] == token),
+        "progress sent on a token never created: {token}"
+    );
+    let kinds: Vec<Value> = server
+        .notifications("$/progress")
+        .into_iter()
+        .filter(|params| params["token"] == token)
+        .map(|params| params["value"]["kind"].clone())
+        .collect();
+    assert_eq!(kinds.first(), Some(&json!("begin")), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&json!("end")), "{kinds:?}");
+}
+
+#[tokio::test]
+async fn renames_and_deletes_from_the_editor_reach_the_pod() {
+    let workspace = workspace_with_config(CONFIG);
+    let cluster = one_pod_cluster();
+    let server = TestServer::builder()
+        .workspace(workspace.path())
+        .capabilities(json!({
+            "workspace": {"didChangeWatchedFiles": {"dynamicRegistration": true}}
+        }))
+        .engine(cluster.starter())
+        .build()
+        .await;
+    let old = write_file(workspace.path(), "src/old_name.txt", "moving\n");
+    server.save(&old).await;
+    server
+        .eventually("old_name.txt in the pod", || {
+            cluster.file("api-1", "/app/old_name.txt")
+        })
+        .await;
+
+    let new = workspace.path().join("src/new_name.txt");
+    std::fs::rename(&old, &new).unwrap();
+    server
+        .notify(
+            "workspace/didRenameFiles",
+            json!({"files": [{"oldUri": common::file_uri(&old), "newUri": common::file_uri(&new)}]}),
+        )
+        .await;
+    server
+        .eventually("the rename in the pod", || {
+            let renamed = cluster.file("api-1", "/app/new_name.txt")?;
+            cluster
+                .file("api-1", "/app/old_name.txt")
+                .is_none()
+                .then_some(renamed)
+        })
+        .await;
+
+    std::fs::remove_file(&new).unwrap();
+    server
+        .notify(
+            "workspace/didDeleteFiles",
+            json!({"files": [{"uri": common::file_uri(&new)}]}),
+        )
+        .await;
+    server
+        .eventually("the delete in the pod", || {
+            cluster
+                .file("api-1", "/app/new_name.txt")
+                .is_none()
+                .then_some(())
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn multi_root_workspaces_sync_the_configured_root_and_ignore_the_other() {
+    let configured = workspace_with_config(CONFIG);
+    let plain = tempfile::tempdir().unwrap();
+    let cluster = one_pod_cluster();
+    let server = TestServer::builder()
+        .workspace(plain.path())
+        .workspace(configured.path())
+        .engine(cluster.starter())
+        .build()
+        .await;
+    let stray = write_file(plain.path(), "src/stray.txt", "not mapped\n");
+    server.save(&stray).await;
+    let mapped = write_file(configured.path(), "src/mapped.txt", "mapped\n");
+    server.save(&mapped).await;
+    server
+        .eventually("mapped.txt in the pod", || {
+            cluster.file("api-1", "/app/mapped.txt")
+        })
+        .await;
+    server.wait_for_status(is_settled_ok).await;
+    assert_eq!(cluster.file("api-1", "/app/stray.txt"), None);
+    assert_eq!(
+        cluster
+            .deliveries()
+            .iter()
+            .map(|(_, entries)| entries)
+            .sum::<usize>(),
+        1
+    );
+}
