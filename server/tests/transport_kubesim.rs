@@ -510,32 +510,31 @@ async fn api_faults_map_to_transient_or_permanent() {
         .await
         .unwrap();
     let target = target_of(&f, "app=api").await;
+    // One-shot execs: what a failed handshake or a cut does to one exec.
+    let cluster = f.cluster.clone().without_warm_sessions();
     let mut b = BatchBuilder::new(&f.local);
     b.put(b"x", b"x", false);
 
     f.sim.faults().fail_next_exec_handshakes(1, 500);
-    let err = f
-        .cluster
+    let err = cluster
         .deliver(&target, b.batch("/app", None))
         .await
         .unwrap_err();
     assert!(matches!(err, ClusterError::Transient(_)), "{err:?}");
     f.sim.faults().fail_next_exec_handshakes(1, 429);
-    let err = f
-        .cluster
+    let err = cluster
         .deliver(&target, b.batch("/app", None))
         .await
         .unwrap_err();
     assert!(matches!(err, ClusterError::Transient(_)), "{err:?}");
     // The next one goes through.
-    f.cluster
+    cluster
         .deliver(&target, b.batch("/app", None))
         .await
         .unwrap();
 
     f.sim.faults().deny("create", "pods/exec");
-    let err = f
-        .cluster
+    let err = cluster
         .deliver(&target, b.batch("/app", None))
         .await
         .unwrap_err();
@@ -553,8 +552,7 @@ async fn api_faults_map_to_transient_or_permanent() {
         pod: "does-not-exist".into(),
         ..target.clone()
     };
-    let err = f
-        .cluster
+    let err = cluster
         .deliver(&gone, b.batch("/app", None))
         .await
         .unwrap_err();
@@ -580,6 +578,8 @@ async fn cut_streams_fail_and_leave_nothing_partial() {
         .await
         .unwrap();
     let target = target_of(&f, "app=api").await;
+    // One-shot execs: what a failed handshake or a cut does to one exec.
+    let cluster = f.cluster.clone().without_warm_sessions();
     let big = vec![b'n'; 2 * 1024 * 1024];
     let mut b = BatchBuilder::new(&f.local);
     b.delete(b"doomed")
@@ -589,8 +589,7 @@ async fn cut_streams_fail_and_leave_nothing_partial() {
 
     for mode in [CutMode::TcpDrop, CutMode::CleanClose] {
         f.sim.faults().cut_next_exec_after(300_000, mode);
-        let err = f
-            .cluster
+        let err = cluster
             .deliver(&target, b.batch("/app", None))
             .await
             .unwrap_err();
@@ -634,7 +633,7 @@ async fn cut_streams_fail_and_leave_nothing_partial() {
         assert!(!root.join("app/small").exists(), "{mode:?}");
     }
     f.sim.faults().clear();
-    f.cluster
+    cluster
         .deliver(&target, b.batch("/app", None))
         .await
         .unwrap();
@@ -668,6 +667,23 @@ sleep 100000
         .await
         .unwrap();
     let target = target_of(&f, "app=api").await;
+    let root = f.sim.container_root("default", "api-0", "api").unwrap();
+    let reads = || -> u64 {
+        std::fs::read_to_string(root.join("state/reads"))
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let wait_for_reads = |at_least: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reads() < at_least {
+            assert!(Instant::now() < deadline, "the reader loop is not running");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for_reads(1);
+    let before = reads();
     for i in 1..=30 {
         let mut b = BatchBuilder::new(&f.local);
         b.put(b"watched", valid(i).as_bytes(), false);
@@ -676,14 +692,14 @@ sleep 100000
             .await
             .unwrap();
     }
-    let root = f.sim.container_root("default", "api-0", "api").unwrap();
-    let reads: u64 = std::fs::read_to_string(root.join("state/reads"))
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .unwrap_or(0);
+    let during = reads() - before;
+    // A few more reads of the final state.
+    wait_for_reads(reads() + 3);
     std::fs::write(root.join("state/stop"), b"").unwrap();
-    assert!(reads > 10, "the reader loop barely ran ({reads} reads)");
+    assert!(
+        during > 10,
+        "the reader loop barely ran during the burst ({during} reads)"
+    );
     let bad = std::fs::read_to_string(root.join("state/bad")).unwrap_or_default();
     assert!(bad.is_empty(), "reader saw: {bad}");
     assert_eq!(
@@ -757,4 +773,120 @@ async fn unreachable_cluster_is_transient() {
         panic!("expected transient: {err:?}");
     };
     assert!(text.starts_with("cluster unreachable"), "{text}");
+}
+
+#[tokio::test]
+async fn warm_session_carries_many_batches_and_falls_back_when_it_dies() {
+    let f = start().await;
+    f.sim
+        .create_pod(
+            PodTemplate::new("api-0")
+                .label("app", "api")
+                .container("api", Image::Busybox),
+        )
+        .await
+        .unwrap();
+    let target = target_of(&f, "app=api").await;
+    let execs_before = f.sim.exec_log().len();
+    let mut warm = Vec::new();
+    for i in 0..40 {
+        let mut b = BatchBuilder::new(&f.local);
+        b.put(b"saved.txt", format!("version {i}").as_bytes(), false);
+        let started = Instant::now();
+        f.cluster
+            .deliver(&target, b.batch("/app", Some("echo reloaded")))
+            .await
+            .unwrap();
+        warm.push(started.elapsed());
+        assert_eq!(
+            f.sim
+                .read_file("default", "api-0", "api", "/app/saved.txt")
+                .unwrap(),
+            format!("version {i}").as_bytes()
+        );
+    }
+    let execs = f.sim.exec_log().len() - execs_before;
+    assert_eq!(execs, 1, "40 batches must share one warm exec");
+
+    let one_shot_cluster = f.cluster.clone().without_warm_sessions();
+    let mut cold = Vec::new();
+    for i in 0..20 {
+        let mut b = BatchBuilder::new(&f.local);
+        b.put(b"saved.txt", format!("cold {i}").as_bytes(), false);
+        let started = Instant::now();
+        one_shot_cluster
+            .deliver(&target, b.batch("/app", None))
+            .await
+            .unwrap();
+        cold.push(started.elapsed());
+    }
+    warm.sort();
+    cold.sort();
+    eprintln!(
+        "deliver of one small file: warm session p50 {:?} p90 {:?}; one-shot exec p50 {:?} p90 {:?}",
+        warm[warm.len() / 2],
+        warm[warm.len() * 9 / 10],
+        cold[cold.len() / 2],
+        cold[cold.len() * 9 / 10]
+    );
+
+    // A partial failure keeps the session usable.
+    let root = f.sim.container_root("default", "api-0", "api").unwrap();
+    std::fs::create_dir_all(root.join("app/blocked/inner")).unwrap();
+    let mut b = BatchBuilder::new(&f.local);
+    b.put(b"blocked", b"file", false)
+        .put(b"fine", b"fine", false);
+    let err = f
+        .cluster
+        .deliver(&target, b.batch("/app", None))
+        .await
+        .unwrap_err();
+    let ClusterError::Partial { failed, message } = err else {
+        panic!("expected partial");
+    };
+    assert_eq!(failed.len(), 1, "{message}");
+    assert_eq!(failed[0].0, rel(b"blocked"));
+    assert_eq!(std::fs::read(root.join("app/fine")).unwrap(), b"fine");
+
+    // The session dies with the container; the next batch still lands.
+    f.sim
+        .restart_container("default", "api-0", "api")
+        .await
+        .unwrap();
+    let mut b = BatchBuilder::new(&f.local);
+    b.put(b"after-restart", b"yes", false);
+    f.cluster
+        .deliver(&target, b.batch("/app", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(root.join("app/after-restart")).unwrap(),
+        b"yes"
+    );
+
+    // A cut in the middle of a session batch: the batch goes again through
+    // a one-shot exec and lands whole.
+    let big = vec![b'b'; 1024 * 1024];
+    let fresh = target_of(&f, "app=api").await;
+    let mut b = BatchBuilder::new(&f.local);
+    b.put(b"warmup", b"w", false);
+    f.cluster
+        .deliver(&fresh, b.batch("/app", None))
+        .await
+        .unwrap();
+    f.sim.close_watches();
+    let mut b = BatchBuilder::new(&f.local);
+    b.put(b"big", &big, false);
+    // Kill the session's connection from the server side mid-stream.
+    f.sim.faults().cut_next_exec_after(1, CutMode::TcpDrop);
+    f.sim
+        .restart_container("default", "api-0", "api")
+        .await
+        .unwrap();
+    let fresh = target_of(&f, "app=api").await;
+    f.cluster
+        .deliver(&fresh, b.batch("/app", None))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(root.join("app/big")).unwrap(), big);
 }

@@ -308,9 +308,10 @@ async fn full_tree_case(shell: Shell) {
     assert!(report.complete, "{shell:?}: {report:?} {stderr}");
     assert!(report.failed.is_empty(), "{shell:?}: {:?}", report.failed);
     assert_eq!(report.reload_exit, Some(0));
+    let output = report.reload_output.clone().unwrap_or_default();
     assert!(
-        stderr.contains("reloaded") && stderr.contains("to-stderr"),
-        "{stderr}"
+        output.contains("reloaded") && output.contains("to-stderr"),
+        "{output}"
     );
 
     let actual = tree(&root);
@@ -460,7 +461,11 @@ async fn failing_reload_reports_its_exit_code() {
         let report = remote::parse_deliver_output(&stdout).unwrap();
         assert!(report.complete);
         assert_eq!(report.reload_exit, Some(7));
-        assert!(String::from_utf8_lossy(&stderr).contains("boom"));
+        assert!(
+            report.reload_output.unwrap_or_default().contains("boom"),
+            "{}",
+            String::from_utf8_lossy(&stderr)
+        );
         assert_eq!(std::fs::read(root.join("a")).unwrap(), b"a");
     }
 }

@@ -11,7 +11,7 @@ use crate::engine::{
 use crate::transport::payload::check_relative;
 use crate::transport::{
     ops, pods, Connector, ContainerRef, ContextClient, PodMatch, PodQuery, ResolvedContainer,
-    TransportError, Upload, UploadEntry, UploadOp,
+    SessionKey, SessionPool, TransportError, Upload, UploadEntry, UploadOp,
 };
 
 pub use crate::transport::KubeOptions;
@@ -24,6 +24,8 @@ pub use crate::transport::KubeOptions;
 pub struct KubeCluster {
     connector: Arc<Connector>,
     context_of_pod: Arc<Mutex<HashMap<String, Option<String>>>>,
+    sessions: SessionPool,
+    warm_sessions: bool,
 }
 
 impl KubeCluster {
@@ -34,7 +36,17 @@ impl KubeCluster {
         Ok(KubeCluster {
             connector: Arc::new(connector),
             context_of_pod: Arc::default(),
+            sessions: SessionPool::default(),
+            warm_sessions: true,
         })
+    }
+
+    /// Deliver every batch with a fresh exec instead of a warm session per
+    /// target (slower; for comparisons and for clusters that cut idle
+    /// connections aggressively).
+    pub fn without_warm_sessions(mut self) -> Self {
+        self.warm_sessions = false;
+        self
     }
 
     /// The context used when a spec names none.
@@ -190,9 +202,21 @@ impl Cluster for KubeCluster {
 
     async fn deliver(&self, target: &Target, batch: Batch) -> Result<Delivery, ClusterError> {
         let client = self.client_for(target).await?;
-        let outcome = ops::deliver(&client, &container_ref(target), upload(batch))
-            .await
-            .map_err(cluster_error)?;
+        let container = container_ref(target);
+        let outcome = if self.warm_sessions {
+            let key = SessionKey {
+                context: client.context.clone(),
+                target: (&container).into(),
+                pod_uid: target.pod_uid.clone(),
+                restart_count: target.restart_count,
+            };
+            self.sessions
+                .deliver(&client, &key, &container, upload(batch))
+                .await
+        } else {
+            ops::deliver(&client, &container, upload(batch)).await
+        }
+        .map_err(cluster_error)?;
         Ok(Delivery {
             bytes_sent: outcome.bytes_sent,
             reload: outcome

@@ -132,6 +132,11 @@ impl Exec {
         &self.target
     }
 
+    /// False once the connection ended or the command exited.
+    pub fn is_alive(&self) -> bool {
+        !self.reader.is_finished()
+    }
+
     pub fn stdin_bytes(&self) -> u64 {
         self.stdin_bytes
     }

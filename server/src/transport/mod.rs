@@ -8,6 +8,7 @@ pub mod ops;
 pub mod payload;
 pub mod pods;
 pub mod remote;
+pub mod session;
 pub mod tarstream;
 
 pub use client::{Connector, ContextClient, KubeOptions};
@@ -17,3 +18,4 @@ pub use ops::DeliverOutcome;
 pub use payload::{Upload, UploadEntry, UploadOp};
 pub use pods::{PodMatch, PodQuery, ResolvedContainer};
 pub use remote::RemoteFile;
+pub use session::{SessionKey, SessionPool};

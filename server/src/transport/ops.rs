@@ -26,7 +26,7 @@ pub fn deliver_argv(root: &str, tar_len: u64, reload: Option<&str>) -> Vec<Strin
     vec![
         "sh".into(),
         "-c".into(),
-        remote::DELIVER_SCRIPT.into(),
+        remote::deliver_script(),
         "podloop".into(),
         root.into(),
         tar_len.to_string(),
@@ -63,7 +63,7 @@ pub async fn deliver(
     interpret_deliver(target, &root, plan.len, &plan, output)
 }
 
-fn interpret_deliver(
+pub(crate) fn interpret_deliver(
     target: &ContainerRef,
     root: &str,
     bytes_sent: u64,
@@ -151,9 +151,10 @@ fn interpret_deliver(
         bytes_sent,
         files: plan.files,
         deletes: plan.deletes,
-        reload: report
-            .reload_exit
-            .map(|code| (code, tail(&stderr, RELOAD_TAIL_CHARS))),
+        reload: report.reload_exit.map(|code| {
+            let output = report.reload_output.unwrap_or_default();
+            (code, tail(&output, RELOAD_TAIL_CHARS))
+        }),
     })
 }
 

@@ -18,9 +18,7 @@
 /// apart from 126/127, which mean the exec could not start `sh` itself.
 pub const EXIT_MISSING_TOOL: i32 = 3;
 
-/// Applies one batch. Positional parameters: `$1` remote root, `$2` tar size
-/// in bytes, `$3` reload command (may be empty), `$4` nonce for the staging
-/// folder. The tar holds `d` (NUL-separated paths to delete), `f/<path>` for
+/// The deliver script applies one batch. The tar holds `d` (NUL-separated paths to delete), `f/<path>` for
 /// every file and link, and finally `z`: when `z` is missing the stream was
 /// cut and nothing is applied.
 ///
@@ -35,8 +33,7 @@ pub const EXIT_MISSING_TOOL: i32 = 3;
 ///   each file moved alone to find which one was refused.
 /// - tar `-m` gives extracted files the current mtime (container watchers
 ///   fire), `-o` does not force tar's uid/gid onto the container.
-pub const DELIVER_SCRIPT: &str = r#"
-root=$1 size=$2 reload=$3 stage=$1/.podloop-stage-$4
+const PRELUDE: &str = r#"
 for tool in tar find xargs mv rm mkdir; do
   command -v "$tool" >/dev/null 2>&1 || { printf 'M\0%s\0' "$tool"; exit 3; }
 done
@@ -47,12 +44,20 @@ elif command -v head >/dev/null 2>&1; then
 else
   printf 'M\0dd\0'; exit 3
 fi
-if ! err=$(mkdir -p -- "$stage" 2>&1); then printf 'S\0%s\0' "$err"; exit 4; fi
+"#;
+
+/// `apply ROOT SIZE RELOAD STAGE`: reads SIZE bytes of tar from stdin and
+/// applies them; nothing else reads stdin, so a session can go on reading
+/// the next batch.
+const APPLY: &str = r#"
+apply() {
+root=$1 size=$2 reload=$3 stage=$4
+if ! err=$(mkdir -p -- "$stage" 2>&1); then printf 'S\0%s\0' "$err"; return 4; fi
 err=$(take "$size" | tar -x -m -o -f - -C "$stage" 2>&1)
 code=$?
-exec </dev/null
-if [ ! -e "$stage/z" ]; then rm -rf -- "$stage"; printf 'T\0%s\0' "$err"; exit 5; fi
-if [ "$code" != 0 ]; then rm -rf -- "$stage"; printf 'X\0%s\0' "$err"; exit 6; fi
+{
+if [ ! -e "$stage/z" ]; then rm -rf -- "$stage"; printf 'T\0%s\0' "$err"; return 5; fi
+if [ "$code" != 0 ]; then rm -rf -- "$stage"; printf 'X\0%s\0' "$err"; return 6; fi
 if [ -s "$stage/d" ]; then
   ( cd "$root" && xargs -0 rm -rf -- <"$stage/d" ) >/dev/null 2>&1 ||
   ( cd "$root" && xargs -0 sh -c 'for p; do e=$(rm -rf -- "$p" 2>&1) || printf "F\0%s\0%s\0" "$p" "$e"; done' podloop-rm <"$stage/d" )
@@ -82,9 +87,40 @@ for d; do movedir "$d"; done
 ' podloop-mv "$stage/f" "$root"
 fi
 rm -rf -- "$stage"
-if [ -n "$reload" ]; then sh -c "$reload" >&2; printf 'R\0%s\0' "$?"; fi
+if [ -n "$reload" ]; then
+  out=$(sh -c "$reload" 2>&1); code=$?
+  printf 'O\0%s\0R\0%s\0' "$out" "$code"
+fi
 printf 'K\0'
+} </dev/null
+}
 "#;
+
+/// One batch in one exec. Positional parameters: `$1` remote root, `$2` tar
+/// size in bytes, `$3` reload command (may be empty), `$4` nonce for the
+/// staging folder.
+pub fn deliver_script() -> String {
+    format!("{PRELUDE}{APPLY}\napply \"$1\" \"$2\" \"$3\" \"$1/.podloop-stage-$4\"\nexit $?\n")
+}
+
+/// A warm session: a long-lived `sh` that applies batch after batch from
+/// stdin, so a save costs one round trip instead of a new connection, TLS
+/// handshake and process. Each batch is a header line
+/// `TARSIZE RELOADLEN ROOTLEN NONCE`, then the root, the reload command and
+/// the tar, each exactly that long; the answer is the usual records followed
+/// by `E\0NONCE\0` (the nonce makes the end marker unforgeable by a name).
+pub fn session_script() -> String {
+    format!(
+        "{PRELUDE}{APPLY}\nprintf 'H\\0'\n{}",
+        r#"while IFS=' ' read -r size rlen rootlen nonce; do
+  root=$(take "$rootlen"; echo x); root=${root%x}
+  reload=$(take "$rlen"; echo x); reload=${reload%x}
+  apply "$root" "$size" "$reload" "$root/.podloop-stage-$nonce"
+  printf 'E\0%s\0' "$nonce"
+done
+"#
+    )
+}
 
 /// Lists every regular file under `$1` with size, mode and sha256, skipping
 /// podloop's staging folders. Per `xargs` chunk it prints `C\0<n>\0`, the n
@@ -110,6 +146,8 @@ pub struct DeliverReport {
     pub extract_failed: Option<String>,
     pub failed: Vec<(Vec<u8>, String)>,
     pub reload_exit: Option<i32>,
+    /// stdout and stderr of `reload`, interleaved as it wrote them.
+    pub reload_output: Option<String>,
     pub complete: bool,
 }
 
@@ -146,6 +184,10 @@ pub fn parse_deliver_output(stdout: &[u8]) -> Result<DeliverReport, String> {
                     code.parse()
                         .map_err(|_| format!("reload exit code `{code}` is not a number"))?,
                 );
+            }
+            b"O" => {
+                let out = it.next().ok_or_else(|| missing("O"))?;
+                report.reload_output = Some(String::from_utf8_lossy(out).into_owned());
             }
             b"K" => report.complete = true,
             other => {

@@ -1,0 +1,218 @@
+//! Warm sessions: one long-lived `sh` per target container reading
+//! length-framed batches from stdin (see `remote::session_script`), so a
+//! save costs one round trip on an open WebSocket instead of a new
+//! connection, TLS handshake and process. Any doubt about a session (it
+//! died, it answered something unexpected) discards it and the batch goes
+//! through a fresh one-shot exec: batches are idempotent (whole files,
+//! deletes), so sending one again is always safe.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use super::client::ContextClient;
+use super::error::TransportError;
+use super::exec::{ContainerRef, Exec, ExecEvent, ExecOutput, ExitStatus};
+use super::ops::{self, DeliverOutcome};
+use super::payload::{self, Upload};
+use super::remote;
+
+/// Identifies a container instance: a restart or replacement gets a new
+/// session (the old one died with its processes anyway).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    pub context: String,
+    pub target: ContainerRefKey,
+    pub pod_uid: String,
+    pub restart_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ContainerRefKey {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+impl From<&ContainerRef> for ContainerRefKey {
+    fn from(t: &ContainerRef) -> Self {
+        ContainerRefKey {
+            namespace: t.namespace.clone(),
+            pod: t.pod.clone(),
+            container: t.container.clone(),
+        }
+    }
+}
+
+pub struct Session {
+    exec: Exec,
+}
+
+impl Session {
+    pub async fn open(
+        client: &ContextClient,
+        target: &ContainerRef,
+    ) -> Result<Session, TransportError> {
+        let argv = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            remote::session_script(),
+            "podloop-session".to_string(),
+        ];
+        let mut exec = Exec::open(client, target, argv).await?;
+        let mut stdout = Vec::new();
+        loop {
+            match exec.next_event().await {
+                Some(ExecEvent::Stdout(b)) => {
+                    stdout.extend_from_slice(&b);
+                    if stdout == b"H\0" {
+                        return Ok(Session { exec });
+                    }
+                    if !b"H\0".starts_with(&stdout) && stdout.ends_with(b"\0") {
+                        // A missing tool: the one-shot path reports it precisely.
+                        return Err(protocol(target, "the session did not start"));
+                    }
+                }
+                Some(ExecEvent::Stderr(_)) => {}
+                Some(ExecEvent::Status(_)) | Some(ExecEvent::Ended(_)) | None => {
+                    return Err(protocol(target, "the session ended at start"));
+                }
+            }
+        }
+    }
+
+    pub async fn deliver(
+        &mut self,
+        target: &ContainerRef,
+        root: &str,
+        upload: &Upload,
+        plan: &payload::Payload,
+    ) -> Result<DeliverOutcome, TransportError> {
+        let reload = upload.reload.as_deref().unwrap_or("");
+        let nonce = format!("{:016x}", rand::random::<u64>());
+        let header = format!("{} {} {} {nonce}\n", plan.len, reload.len(), root.len());
+        self.exec.write(header.as_bytes()).await?;
+        self.exec.write(root.as_bytes()).await?;
+        self.exec.write(reload.as_bytes()).await?;
+        payload::stream(&plan.pieces, &mut self.exec).await?;
+        self.exec.flush().await?;
+        let end = format!("E\0{nonce}\0").into_bytes();
+        let mut stdout = Vec::new();
+        loop {
+            match self.exec.next_event().await {
+                Some(ExecEvent::Stdout(b)) => {
+                    stdout.extend_from_slice(&b);
+                    if stdout.ends_with(&end) {
+                        stdout.truncate(stdout.len() - end.len());
+                        break;
+                    }
+                }
+                Some(ExecEvent::Stderr(_)) => {}
+                Some(ExecEvent::Status(_)) | Some(ExecEvent::Ended(_)) | None => {
+                    return Err(TransportError::StreamCut {
+                        pod: target.pod.clone(),
+                        detail: "the warm session ended during a batch".into(),
+                    });
+                }
+            }
+        }
+        let output = ExecOutput {
+            status: ExitStatus::Code(0),
+            stdout,
+            stderr_tail: Vec::new(),
+        };
+        ops::interpret_deliver(target, root, plan.len, plan, output)
+    }
+}
+
+fn protocol(target: &ContainerRef, detail: &str) -> TransportError {
+    TransportError::Protocol {
+        pod: target.pod.clone(),
+        container: target.container.clone(),
+        detail: detail.into(),
+    }
+}
+
+/// A session, or none yet; held for a whole batch.
+type SessionSlot = Arc<Mutex<Option<Session>>>;
+
+/// At most one session per container instance; a batch holds its session
+/// for the whole round trip (the engine sends one batch per target at a
+/// time anyway).
+#[derive(Default, Clone)]
+pub struct SessionPool {
+    sessions: Arc<std::sync::Mutex<HashMap<SessionKey, SessionSlot>>>,
+}
+
+impl SessionPool {
+    fn slot(&self, key: &SessionKey) -> SessionSlot {
+        let mut map = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Sessions of replaced pods or restarted containers are dead: forget them.
+        map.retain(|k, _| {
+            k.target != key.target
+                || (k.pod_uid == key.pod_uid && k.restart_count == key.restart_count)
+        });
+        map.entry(key.clone()).or_default().clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Deliver through the warm session (opening it when needed); on any
+    /// session trouble, discard it and deliver with a one-shot exec.
+    pub async fn deliver(
+        &self,
+        client: &ContextClient,
+        key: &SessionKey,
+        target: &ContainerRef,
+        upload: Upload,
+    ) -> Result<DeliverOutcome, TransportError> {
+        let root = payload::check_root(&upload.remote_root)?;
+        let slot = self.slot(key);
+        let mut guard = slot.lock().await;
+        if guard.as_ref().is_some_and(|s| !s.exec.is_alive()) {
+            *guard = None;
+        }
+        if guard.is_none() {
+            match Session::open(client, target).await {
+                Ok(session) => *guard = Some(session),
+                Err(e) if !e.is_transient() && !matches!(e, TransportError::Protocol { .. }) => {
+                    return Err(e)
+                }
+                Err(_) => return ops::deliver(client, target, upload).await,
+            }
+        }
+        let session = guard.as_mut().expect("opened above");
+        let plan = payload::plan(&upload.entries)?;
+        match session.deliver(target, &root, &upload, &plan).await {
+            Ok(outcome) => Ok(outcome),
+            Err(
+                e @ (TransportError::Partial { .. }
+                | TransportError::RemoteWrite { .. }
+                | TransportError::MissingTool { .. }),
+            ) => Err(e),
+            Err(e @ TransportError::LocalChanged { .. }) => {
+                // The session is mid-batch now: it cannot be reused.
+                *guard = None;
+                Err(e)
+            }
+            Err(_) => {
+                *guard = None;
+                drop(guard);
+                ops::deliver(client, target, upload).await
+            }
+        }
+    }
+}
