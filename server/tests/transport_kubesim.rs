@@ -668,12 +668,20 @@ sleep 100000
         .unwrap();
     let target = target_of(&f, "app=api").await;
     let root = f.sim.container_root("default", "api-0", "api").unwrap();
+    // The reader rewrites its counter with `echo >`, so a read can catch it
+    // empty: try again until it holds a number.
     let reads = || -> u64 {
-        std::fs::read_to_string(root.join("state/reads"))
-            .unwrap_or_default()
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(root.join("state/reads")).unwrap_or_default();
+            if let Ok(n) = text.trim().parse() {
+                return n;
+            }
+            if Instant::now() > deadline {
+                return 0;
+            }
+            std::thread::yield_now();
+        }
     };
     let wait_for_reads = |at_least: u64| {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -692,7 +700,7 @@ sleep 100000
             .await
             .unwrap();
     }
-    let during = reads() - before;
+    let during = reads().saturating_sub(before);
     // A few more reads of the final state.
     wait_for_reads(reads() + 3);
     std::fs::write(root.join("state/stop"), b"").unwrap();
