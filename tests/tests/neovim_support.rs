@@ -25,7 +25,10 @@ pub fn fixtures_dir() -> PathBuf {
 
 fn in_ci() -> bool {
     matches!(
-        std::env::var("CI").as_deref().map(str::to_ascii_lowercase).as_deref(),
+        std::env::var("CI")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Ok("true") | Ok("1")
     )
 }
@@ -163,7 +166,10 @@ pub fn podloop_binary() -> PathBuf {
             .current_dir(repo_root())
             .args(["build", "-p", "podloop", "--bin", "podloop", "--target-dir"])
             .arg(target_dir);
-        if profile_dir.file_name().is_some_and(|name| name == "release") {
+        if profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release")
+        {
             build.arg("--release");
         }
         let built = run_with_deadline(build, Duration::from_secs(900));
@@ -201,6 +207,7 @@ impl Nvim {
             .arg(fixtures_dir().join("init.lua"))
             .env("PODLOOP_PLUGIN_DIR", plugin_dir())
             .env("PODLOOP_FIXTURES_DIR", fixtures_dir())
+            .env("PODLOOP_E2E_REPLY", home.join("e2e-reply.json"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
@@ -216,20 +223,24 @@ impl Nvim {
             home: home.to_path_buf(),
             stderr_path,
         };
-        wait_for("nvim to listen on its socket", Duration::from_secs(20), || {
-            if let Ok(Some(status)) = started.child.try_wait() {
-                panic!("nvim exited early with {status}: {}", started.stderr());
-            }
-            if !started.socket.exists() {
-                return Err("no socket yet".into());
-            }
-            let answer = started.try_expr("1+1")?;
-            if answer.trim() == "2" {
-                Ok(())
-            } else {
-                Err(format!("answered {answer:?}"))
-            }
-        });
+        wait_for(
+            "nvim to listen on its socket",
+            Duration::from_secs(20),
+            || {
+                if let Ok(Some(status)) = started.child.try_wait() {
+                    panic!("nvim exited early with {status}: {}", started.stderr());
+                }
+                if !started.socket.exists() {
+                    return Err("no socket yet".into());
+                }
+                let answer = started.try_expr("1+1")?;
+                if answer.trim() == "2" {
+                    Ok(())
+                } else {
+                    Err(format!("answered {answer:?}"))
+                }
+            },
+        );
         started
     }
 
@@ -246,7 +257,9 @@ impl Nvim {
         isolate(&mut cmd, &self.home.join("remote"));
         let done = run_with_deadline(cmd, Duration::from_secs(30));
         if done.status.success() {
-            Ok(done.stdout)
+            // 0.7's remote client prints the value on stderr, newer ones on
+            // stdout: the other stream is empty.
+            Ok(format!("{}{}", done.stdout, done.stderr))
         } else {
             Err(format!(
                 "remote-expr {expr:?} failed ({}): {}{}",
@@ -260,13 +273,34 @@ impl Nvim {
         self.try_expr(expr).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Call `require('podloop_e2e').<function>()` (the fixture module) and
-    /// parse the JSON it returns.
-    pub fn call(&self, function: &str) -> serde_json::Value {
-        let out = self.expr(&format!("luaeval(\"require('podloop_e2e').{function}()\")"));
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| {
-            panic!("podloop_e2e.{function}() returned non-JSON {out:?}: {e}\nnvim stderr: {}", self.stderr())
+    /// Call `require('podloop_e2e').<function>(<argument>)` (the fixture
+    /// module) and parse the JSON it answers with.
+    pub fn call(&self, function: &str, argument: Option<&str>) -> serde_json::Value {
+        let expr = match argument {
+            None => format!("luaeval(\"require('podloop_e2e').{function}()\")"),
+            Some(arg) => format!(
+                "luaeval(\"require('podloop_e2e').{function}(_A)\", '{}')",
+                arg.replace('\'', "''")
+            ),
+        };
+        let length = self.expr(&expr);
+        let text = std::fs::read_to_string(self.reply_path()).unwrap_or_default();
+        assert_eq!(
+            length.trim(),
+            text.len().to_string(),
+            "podloop_e2e.{function}: the reply file does not match the call's answer; nvim stderr: {}",
+            self.stderr()
+        );
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "podloop_e2e.{function}() answered non-JSON {text:?}: {e}\nnvim stderr: {}",
+                self.stderr()
+            )
         })
+    }
+
+    fn reply_path(&self) -> PathBuf {
+        self.home.join("e2e-reply.json")
     }
 
     /// Type keys as a user would (`nvim --server … --remote-send`).

@@ -50,13 +50,17 @@ fn neovim_lua_unit_tests_pass() {
         out.stderr
     );
     // Guards against a runner that silently finds no spec files.
-    assert!(
-        passed >= 30,
-        "only {passed} Lua tests ran:\n{}",
-        out.stdout
-    );
-    for area in ["config_spec / bad types", "status_spec / render", "root_spec / find_root"] {
-        assert!(out.stdout.contains(area), "no `{area}` tests ran:\n{}", out.stdout);
+    assert!(passed >= 30, "only {passed} Lua tests ran:\n{}", out.stdout);
+    for area in [
+        "config_spec / bad types",
+        "status_spec / render",
+        "root_spec / find_root",
+    ] {
+        assert!(
+            out.stdout.contains(area),
+            "no `{area}` tests ran:\n{}",
+            out.stdout
+        );
     }
 }
 
@@ -72,7 +76,16 @@ fn neovim_lua_runner_reports_a_failing_spec() {
     )
     .expect("write spec");
     let out = run_lua_specs(&nvim, Some(specs.path()));
-    assert_eq!(out.status.code(), Some(1), "runner must exit 1:\n{}", out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "runner must exit 1:\n{}",
+        out.stdout
+    );
     assert_eq!(summary(&out), (1, 1), "{}", out.stdout);
-    assert!(out.stdout.contains("FAIL broken_spec / x: fails"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("FAIL broken_spec / x: fails"),
+        "{}",
+        out.stdout
+    );
 }

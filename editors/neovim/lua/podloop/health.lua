@@ -231,6 +231,16 @@ function M.check()
   local report = reporter()
   local podloop = require('podloop')
   local cfg = podloop.get_config()
+  -- Started by vim.lsp.enable('podloop') (0.11+) instead of setup(): the
+  -- command to check is the one vim.lsp.config holds.
+  if not podloop.is_setup() and vim.fn.has('nvim-0.11') == 1 then
+    local ok, enabled = pcall(function()
+      return vim.lsp.config.podloop
+    end)
+    if ok and type(enabled) == 'table' and type(enabled.cmd) == 'table' then
+      cfg = vim.tbl_extend('force', cfg, { cmd = enabled.cmd })
+    end
+  end
 
   report.start('podloop: editor')
   check_neovim(report)

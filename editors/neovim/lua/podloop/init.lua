@@ -422,11 +422,11 @@ function M.statusline()
   local known = status.all()
   for _, entry in ipairs(known) do
     if root and entry.root == root then
-      chosen = entry.status
+      chosen = entry.shown
     end
   end
   if not chosen and known[1] then
-    chosen = known[1].status
+    chosen = known[1].shown
   end
   return status.render(chosen, cfg.statusline, state.spinner_frame)
 end

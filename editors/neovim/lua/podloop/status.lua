@@ -203,9 +203,37 @@ function M.degradation(announced_health, current)
   return false, announced_health
 end
 
+local function target_key(target)
+  return table.concat({ tostring(target.mapping), tostring(target.namespace), tostring(target.pod), tostring(target.container) }, '\0')
+end
+
+-- The status as the statusline shows it: a batch that carried no files (the
+-- echo of a save the server already sent, a sync-all that found nothing to
+-- do) does not hide the duration and time of the last batch that did.
+local function with_last_carrying_sync(status, previous_carrying)
+  local carrying = {}
+  if type(status) ~= 'table' or type(status.targets) ~= 'table' then
+    return status, carrying
+  end
+  local shown = vim.deepcopy(status)
+  for _, target in ipairs(shown.targets) do
+    local key = target_key(target)
+    local last = target.lastSync
+    if type(last) == 'table' and (tonumber(last.files) or 0) > 0 then
+      carrying[key] = last
+    elseif previous_carrying[key] then
+      carrying[key] = previous_carrying[key]
+      target.lastSync = previous_carrying[key]
+    end
+  end
+  return shown, carrying
+end
+
 --- Record a status from `client_id`. Returns (status, should_notify).
 function M.update(client_id, root, status)
-  by_client[client_id] = { status = status, root = root }
+  local previous = by_client[client_id]
+  local shown, carrying = with_last_carrying_sync(status, previous and previous.carrying or {})
+  by_client[client_id] = { status = status, shown = shown, carrying = carrying, root = root }
   local notify, new_announced = M.degradation(announced[client_id] or 'ok', status and status.health)
   announced[client_id] = new_announced
   return status, notify
@@ -216,16 +244,23 @@ function M.forget(client_id)
   announced[client_id] = nil
 end
 
+--- The latest status exactly as the server sent it.
 function M.get(client_id)
   local entry = by_client[client_id]
   return entry and entry.status or nil
+end
+
+--- The latest status as the statusline shows it (see with_last_carrying_sync).
+function M.shown(client_id)
+  local entry = by_client[client_id]
+  return entry and entry.shown or nil
 end
 
 --- Every known status: list of { client_id, root, status }, by root.
 function M.all()
   local list = {}
   for client_id, entry in pairs(by_client) do
-    table.insert(list, { client_id = client_id, root = entry.root, status = entry.status })
+    table.insert(list, { client_id = client_id, root = entry.root, status = entry.status, shown = entry.shown })
   end
   table.sort(list, function(a, b)
     return tostring(a.root) < tostring(b.root)

@@ -135,6 +135,24 @@ describe('degradation', function()
   end)
 end)
 
+describe('update', function()
+  it('keeps showing the last batch that carried files', function()
+    status._reset()
+    local carried = { files = 2, bytes = 20, ms = 31, at = 1700000000 }
+    status.update(7, '/w', { health = 'ok', state = 'idle', targets = { target('web-1', { lastSync = carried }) } })
+    local empty = { files = 0, bytes = 0, ms = 0, at = 1700000005 }
+    local raw = { health = 'ok', state = 'idle', targets = { target('web-1', { lastSync = empty }) } }
+    status.update(7, '/w', raw)
+    eq(empty, status.get(7).targets[1].lastSync, 'the raw status is kept as sent')
+    eq(carried, status.shown(7).targets[1].lastSync)
+    eq('podloop ✓ web-1 31ms ' .. os.date('%H:%M:%S', 1700000000), status.render(status.shown(7), opts, 0))
+    local newer = { files = 1, bytes = 5, ms = 9, at = 1700000010 }
+    status.update(7, '/w', { health = 'ok', state = 'idle', targets = { target('web-1', { lastSync = newer }) } })
+    eq(newer, status.shown(7).targets[1].lastSync)
+    status._reset()
+  end)
+end)
+
 describe('describe', function()
   it('lists every target with its last sync and error', function()
     local lines = status.describe('/work/app', {
