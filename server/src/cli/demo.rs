@@ -139,7 +139,10 @@ pub async fn demo(args: DemoArgs) -> i32 {
         }
     };
     if let Some(d) = demo {
-        println!("\nstopping the demo cluster and removing {}", d.dir.path().display());
+        println!(
+            "\nstopping the demo cluster and removing {}",
+            d.dir.path().display()
+        );
         d.cleanup().await;
     }
     code
@@ -194,7 +197,11 @@ async fn run(args: &DemoArgs, slot: &mut Option<Demo>) -> anyhow::Result<()> {
         replicas: Vec::new(),
         image,
     });
-    println!("  {} (kubeconfig {})", demo.sim().url(), demo.kubeconfig.display());
+    println!(
+        "  {} (kubeconfig {})",
+        demo.sim().url(),
+        demo.kubeconfig.display()
+    );
 
     let first = page("v1", "the image's original page");
     step(&format!(
@@ -221,7 +228,9 @@ async fn run(args: &DemoArgs, slot: &mut Option<Demo>) -> anyhow::Result<()> {
     client
         .wait_for_status(STARTUP_TIMEOUT, "both replicas as targets", |s| {
             s["targets"].as_array().is_some_and(|t| {
-                t.len() == REPLICAS && t.iter().all(|t| !t["pod"].as_str().unwrap_or("").is_empty())
+                t.len() == REPLICAS
+                    && t.iter()
+                        .all(|t| !t["pod"].as_str().unwrap_or("").is_empty())
             })
         })
         .await

@@ -49,7 +49,9 @@ pub struct DoctorInput {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Pass,
-    Fail { fix: String },
+    Fail {
+        fix: String,
+    },
     /// Not run because an earlier check failed.
     Skipped,
 }
@@ -141,7 +143,9 @@ pub async fn run_checks(input: DoctorInput, report: &mut dyn FnMut(Check)) {
                 format!("config: {e}"),
                 "create podloop.toml in the workspace (see docs/config.md) or pass --config FILE",
             ));
-            report(Check::skipped("kubeconfig, cluster, RBAC, pods and containers"));
+            report(Check::skipped(
+                "kubeconfig, cluster, RBAC, pods and containers",
+            ));
             return;
         }
     };
@@ -407,7 +411,6 @@ printf 'K\0'
 #[derive(Debug, Default, PartialEq, Eq)]
 struct ProbeReport {
     missing: Vec<String>,
-    root_exists: bool,
     /// The nearest existing parent, when the root does not exist yet.
     parent: Option<String>,
     writable: bool,
@@ -429,11 +432,11 @@ fn parse_probe(stdout: &[u8]) -> Result<ProbeReport, String> {
             .next()
             .ok_or_else(|| format!("probe output ended inside a `{tag}` record"))
     };
-    loop {
-        let Ok(tag) = value("tag") else { break };
+    while let Ok(tag) = value("tag") {
         match tag.as_str() {
             "M" => report.missing.push(value("M")?),
-            "E" => report.root_exists = true,
+            // The root exists: `parent` stays `None`.
+            "E" => {}
             "P" => report.parent = Some(value("P")?),
             "W" => report.writable = true,
             "U" => report.write_error = Some(value("U")?),
@@ -516,7 +519,9 @@ async fn probe_container(
     };
     let mut checks = Vec::new();
     if report.missing.is_empty() {
-        checks.push(Check::pass(format!("{at}: has sh and tar (and find, xargs, mv, rm, mkdir, dd)")));
+        checks.push(Check::pass(format!(
+            "{at}: has sh and tar (and find, xargs, mv, rm, mkdir, dd)"
+        )));
     } else {
         let missing: Vec<String> = report.missing.iter().map(|t| format!("`{t}`")).collect();
         checks.push(Check::fail(
@@ -527,28 +532,35 @@ async fn probe_container(
             ),
         ));
     }
-    let place = match &report.parent {
-        None => format!("`{remote}` exists"),
-        Some(parent) => format!(
-            "`{remote}` does not exist yet; podloop creates it under `{parent}`, which"
-        ),
+    let detail = report.write_error.clone().unwrap_or_default();
+    let folder = match (&report.parent, report.writable) {
+        (None, true) => Ok(format!("`{remote}` exists and is writable")),
+        (None, false) => Err(format!("`{remote}` exists but is not writable: {detail}")),
+        (Some(parent), true) => Ok(format!(
+            "`{remote}` does not exist yet; podloop creates it under `{parent}`, which is writable"
+        )),
+        (Some(parent), false) => Err(format!(
+            "`{remote}` does not exist and cannot be created under `{parent}`: {detail}"
+        )),
     };
-    if report.writable {
-        checks.push(Check::pass(format!("{at}: {place} is writable")));
-    } else {
-        let detail = report.write_error.clone().unwrap_or_default();
-        let hint = write_failure_hint(&detail);
-        let fix = if hint.is_empty() {
-            "make the folder writable by the container's user, or set `remote` to a folder it can write".to_string()
-        } else {
-            hint.trim_start_matches(": ").to_string()
-        };
-        checks.push(Check::fail(
-            format!("{at}: {place} is not writable: {detail}"),
-            fix,
-        ));
+    match folder {
+        Ok(text) => checks.push(Check::pass(format!("{at}: {text}"))),
+        Err(text) => {
+            let hint = write_failure_hint(&detail);
+            let fix = if hint.is_empty() {
+                "make the folder writable by the container's user, or set `remote` to a folder it can write".to_string()
+            } else {
+                hint.trim_start_matches(": ").to_string()
+            };
+            checks.push(Check::fail(format!("{at}: {text}"), fix));
+        }
     }
-    match (reload, &report.reload_syntax, &report.reload_missing, &report.reload_found) {
+    match (
+        reload,
+        &report.reload_syntax,
+        &report.reload_missing,
+        &report.reload_found,
+    ) {
         (None, ..) => checks.push(Check::pass(format!("{at}: no `reload` command configured"))),
         (Some(r), Some(error), ..) => checks.push(Check::fail(
             format!("{at}: `reload = {r:?}` is not valid shell: {error}"),
@@ -586,7 +598,7 @@ mod tests {
         let r = parse_probe(out).unwrap();
         assert_eq!(r.missing, ["tar"]);
         assert_eq!(r.parent.as_deref(), Some("/srv/a\nb"));
-        assert!(!r.writable && !r.root_exists && r.complete);
+        assert!(!r.writable && r.complete);
         assert_eq!(r.reload_found.as_deref(), Some("kill"));
         assert!(parse_probe(b"M\0").is_err());
         assert!(parse_probe(b"Q\0").is_err());

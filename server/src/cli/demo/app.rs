@@ -45,9 +45,18 @@ extern "C" fn on_terminate(_: libc::c_int) {
 fn install_signal_handlers() {
     // SAFETY: the handlers only touch an atomic or call _exit.
     unsafe {
-        libc::signal(libc::SIGHUP, on_hangup as extern "C" fn(libc::c_int) as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_terminate as extern "C" fn(libc::c_int) as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_terminate as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(
+            libc::SIGHUP,
+            on_hangup as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_terminate as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGINT,
+            on_terminate as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
 }
 

@@ -121,7 +121,9 @@ impl LspClient {
         loop {
             let next = tokio::time::timeout_at(deadline, self.notifications.recv()).await;
             match next {
-                Err(_) => bail!("timed out after {timeout:?} waiting for {what}; last status: {last}"),
+                Err(_) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last status: {last}")
+                }
                 Ok(None) => bail!("the language server exited while waiting for {what}"),
                 Ok(Some(message)) => {
                     if message["method"] == "podloop/status" {
@@ -209,7 +211,9 @@ async fn read_messages(
                 let _ = outgoing.send(json!({"jsonrpc": "2.0", "id": id, "result": null}));
             }
             (Some(id), false) => {
-                let waiter = id.as_i64().and_then(|id| pending.lock().unwrap().remove(&id));
+                let waiter = id
+                    .as_i64()
+                    .and_then(|id| pending.lock().unwrap().remove(&id));
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(message);
                 }
