@@ -334,9 +334,8 @@ fn neovim_save_reaches_the_pod_and_the_statusline() {
 }
 
 #[test]
-fn neovim_sync_all_delivers_a_file_changed_outside_the_editor() {
-    let Some(nvim) = nvim_or_skip("neovim_sync_all_delivers_a_file_changed_outside_the_editor")
-    else {
+fn neovim_sync_all_repairs_pod_drift_and_outside_changes() {
+    let Some(nvim) = nvim_or_skip("neovim_sync_all_repairs_pod_drift_and_outside_changes") else {
         return;
     };
     let mut world = World::start();
@@ -345,12 +344,21 @@ fn neovim_sync_all_delivers_a_file_changed_outside_the_editor() {
     world.wait_attached();
     world.wait_healthy("a healthy status before the change", |_| true);
 
+    // Someone edited the file inside the pod: no local event will ever
+    // mention it, so only the sync-all's comparison can put it right.
+    let in_pod = world
+        .sim()
+        .container_root(NAMESPACE, POD, CONTAINER)
+        .expect("container root")
+        .join("app/src/app.txt");
+    std::fs::write(&in_pod, "drifted inside the pod\n").expect("write in the pod");
     // Like `git checkout` or a code generator: the editor has no buffer for it.
     std::fs::create_dir_all(world.workspace.join("src/gen")).expect("mkdir");
     std::fs::write(world.workspace.join("src/gen/api.txt"), "generated v2\n").expect("write");
     world.nvim().send_keys(":PodloopSyncAll<CR>");
 
     world.wait_pod_file("/app/src/gen/api.txt", "generated v2\n");
+    world.wait_pod_file("/app/src/app.txt", "old content in the pod\n");
     let snap = wait_for("the syncAll reply", PATIENCE, || {
         let snap = world.snapshot();
         if snap["sync_all"].is_object() {
@@ -364,6 +372,7 @@ fn neovim_sync_all_delivers_a_file_changed_outside_the_editor() {
         Value::Bool(true),
         "podloop.syncAll failed: {snap}"
     );
+    eprintln!("podloop.syncAll answered {}", snap["sync_all"]["result"]);
     let shown: Vec<&str> = snap["notifications"]
         .as_array()
         .into_iter()
@@ -374,6 +383,75 @@ fn neovim_sync_all_delivers_a_file_changed_outside_the_editor() {
         shown.iter().any(|m| m.starts_with("podloop: sync all:")),
         "the user sees the sync-all summary: {shown:?}"
     );
+}
+
+#[test]
+fn neovim_pause_holds_saves_and_resume_delivers_them() {
+    let Some(nvim) = nvim_or_skip("neovim_pause_holds_saves_and_resume_delivers_them") else {
+        return;
+    };
+    let mut world = World::start();
+    world.start_nvim_with_podloop(&nvim);
+    world.open("src/app.txt");
+    world.wait_attached();
+    world.wait_healthy("a healthy status before pausing", |_| true);
+
+    world.nvim().send_keys(":PodloopPause<CR>");
+    wait_for("the paused statusline", PATIENCE, || {
+        let snap = world.snapshot();
+        if snap["statusline"] == "podloop ⏸ web-1 paused" {
+            Ok(())
+        } else {
+            Err(snap.to_string())
+        }
+    });
+    world
+        .nvim()
+        .send_keys("ggdGiwritten while paused<Esc>:w<CR>");
+    // The server counts the save as pending: only then is "not delivered"
+    // a fact rather than a race.
+    wait_for("the save to be pending", PATIENCE, || {
+        let snap = world.snapshot();
+        if snap["statusline"] == "podloop ⏸ web-1 paused, 1 pending" {
+            Ok(())
+        } else {
+            Err(snap.to_string())
+        }
+    });
+    assert_eq!(
+        world.pod_file("/app/src/app.txt").as_deref(),
+        Ok("old content in the pod\n"),
+        "nothing is sent while paused"
+    );
+
+    // :PodloopStatus lists the target and the paused state.
+    let ran = world.nvim().call("run", Some("PodloopStatus"));
+    assert_eq!(ran["ok"], Value::Bool(true), "{ran}");
+    let floats = wait_for("the :PodloopStatus window", PATIENCE, || {
+        let floats = world.nvim().call("floats", None);
+        let texts: Vec<String> = floats["floats"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str().map(str::to_owned))
+            .collect();
+        if texts.iter().any(|t| t.contains("state: paused")) {
+            Ok(texts.join("\n---\n"))
+        } else {
+            Err(floats.to_string())
+        }
+    });
+    assert!(
+        floats.contains("[web] default/web-1:app"),
+        "every target is listed: {floats}"
+    );
+    world.nvim().send_keys("q");
+
+    world.nvim().send_keys(":PodloopResume<CR>");
+    world.wait_pod_file("/app/src/app.txt", "written while paused\n");
+    world.wait_healthy("a healthy status after resuming", |snap| {
+        snap["status"]["state"] == "idle"
+    });
 }
 
 #[test]

@@ -216,14 +216,38 @@ local function check_config_and_cluster(report, podloop, cfg, binary_ok)
     report.info('podloop is not running for ' .. root .. ': open a file there to start it, then run :checkhealth podloop again')
     return
   end
-  local doctor_code, lines = run({ cfg.cmd[1], 'doctor' }, root, 20000)
-  if doctor_code == 0 then
-    report.ok('podloop doctor: all checks passed' .. (lines[1] and (' (' .. lines[#lines] .. ')') or ''))
-  else
-    report.error(
-      ('podloop doctor %s'):format(doctor_code == nil and 'timed out' or ('failed (exit ' .. tostring(doctor_code) .. ')')),
-      lines
-    )
+  report.info('podloop is not running for ' .. root .. ': asking `podloop doctor` instead')
+  local doctor_code, lines = run({ cfg.cmd[1], 'doctor' }, root, 30000)
+  M.report_doctor(report, doctor_code, lines)
+end
+
+--- Turn `podloop doctor` output ("✓ text", "✗ text" + "    fix: ...")
+--- into report lines.
+function M.report_doctor(report, code, lines)
+  local reported = 0
+  local i = 1
+  while i <= #lines do
+    local line = lines[i]
+    local passed = line:match('^✓%s+(.*)$')
+    local failed = line:match('^✗%s+(.*)$')
+    if passed then
+      report.ok(passed)
+      reported = reported + 1
+    elseif failed then
+      local advice = {}
+      while lines[i + 1] and lines[i + 1]:match('^%s+fix:') do
+        table.insert(advice, (lines[i + 1]:gsub('^%s+fix:%s*', '')))
+        i = i + 1
+      end
+      report.error(failed, advice)
+      reported = reported + 1
+    end
+    i = i + 1
+  end
+  if code == nil then
+    report.error('podloop doctor timed out', { 'check that the cluster answers: kubectl get pods' })
+  elseif code ~= 0 and reported == 0 then
+    report.error(('podloop doctor failed (exit %d)'):format(code), lines)
   end
 end
 

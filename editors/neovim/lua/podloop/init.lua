@@ -75,10 +75,14 @@ end
 --- (default: podloop.toml), or nil. Written by hand: 0.7 has no vim.fs.
 function M.find_root(path, markers)
   markers = markers or current_config().root_markers
-  if type(path) ~= 'string' or path == '' then
+  -- Buffers like health://, term://, fugitive:// are not files.
+  if type(path) ~= 'string' or path == '' or path:match('^%a[%w+.-]*://') then
     return nil
   end
   local dir = vim.fn.fnamemodify(path, ':p')
+  if dir:sub(1, 1) ~= '/' then
+    return nil
+  end
   local stat = vim.loop.fs_stat(dir)
   if not stat or stat.type ~= 'directory' then
     dir = vim.fn.fnamemodify(dir, ':h')

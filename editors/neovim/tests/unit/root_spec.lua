@@ -39,6 +39,11 @@ describe('find_root', function()
     eq(nil, podloop.find_root('', { 'podloop.toml' }))
   end)
 
+  it('ignores buffers that are not files', function()
+    eq(nil, podloop.find_root('health://', { 'podloop.toml' }))
+    eq(nil, podloop.find_root('term://' .. project .. '//12:bash', { 'podloop.toml' }))
+  end)
+
   it('ignores a folder named like the marker', function()
     mkdir_p(base .. '/dirmarker/podloop.toml')
     eq(nil, podloop.find_root(base .. '/dirmarker/a.txt', { 'podloop.toml' }))
