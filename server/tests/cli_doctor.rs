@@ -317,3 +317,174 @@ async fn a_missing_kubeconfig_or_unknown_context_is_the_first_failure() {
         out.stdout
     );
 }
+
+/// The same checks through the language server: `podloop.doctor` over
+/// stdio, as an editor's command palette runs it.
+mod through_the_language_server {
+    use super::*;
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::process::{ChildStdin, ChildStdout};
+
+    async fn send(stdin: &mut ChildStdin, message: Value) {
+        let body = message.to_string();
+        let frame = format!("Content-Length: {}\r\n\r\n{body}", body.len());
+        stdin.write_all(frame.as_bytes()).await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    async fn read(stdout: &mut BufReader<ChildStdout>) -> Value {
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).await.unwrap() > 0,
+                "server exited"
+            );
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.strip_prefix("Content-Length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        stdout.read_exact(&mut body).await.unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Runs `podloop.doctor`; returns its result and every notification
+    /// that arrived before it.
+    async fn run_doctor_command(ws: &Path, kubeconfig: &Path) -> (Value, Vec<Value>) {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_podloop"))
+            .args(["lsp", "--stdio"])
+            .env("KUBECONFIG", kubeconfig)
+            .current_dir(ws)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let uri = url::Url::from_file_path(ws).unwrap().to_string();
+        send(
+            &mut stdin,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "processId": null, "rootUri": uri, "capabilities": {},
+                "workspaceFolders": [{"uri": uri, "name": "ws"}]}}),
+        )
+        .await;
+        while read(&mut stdout).await["id"] != 1 {}
+        send(
+            &mut stdin,
+            json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}),
+        )
+        .await;
+        send(
+            &mut stdin,
+            json!({"jsonrpc": "2.0", "id": 2, "method": "workspace/executeCommand",
+                   "params": {"command": "podloop.doctor", "arguments": []}}),
+        )
+        .await;
+        let mut seen = Vec::new();
+        let is_summary = |m: &Value| {
+            m["method"] == "window/showMessage"
+                && m["params"]["message"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("podloop doctor:"))
+        };
+        // The response and the summary notification may come in either order.
+        let result = tokio::time::timeout(DEADLINE, async {
+            let mut result = None;
+            loop {
+                let message = read(&mut stdout).await;
+                if message["id"] == 2 {
+                    result = Some(message);
+                } else {
+                    if message.get("id").is_some() && message.get("method").is_some() {
+                        let reply = json!({"jsonrpc": "2.0", "id": message["id"], "result": null});
+                        send(&mut stdin, reply).await;
+                    }
+                    seen.push(message);
+                }
+                if let Some(result) = &result {
+                    if seen.iter().any(is_summary) {
+                        return result.clone();
+                    }
+                }
+            }
+        })
+        .await
+        .expect("podloop.doctor answered and showed its summary in time");
+        drop(stdin);
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        (result, seen)
+    }
+
+    fn messages<'a>(seen: &'a [Value], method: &str) -> Vec<&'a Value> {
+        seen.iter().filter(|m| m["method"] == method).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_doctor_command_logs_every_check_and_shows_a_summary() {
+        let c = cluster(vec![api_pod("api-1", Image::Busybox)]).await;
+        let ws = workspace("app=api", "/app", None);
+        let (response, seen) = run_doctor_command(ws.path(), &c.sim.kubeconfig_path()).await;
+        let result = &response["result"];
+        assert_eq!(result["failures"], 0, "{response}");
+        let lines: Vec<&str> = result["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("✓ api-1/app: has sh and tar")),
+            "{lines:?}"
+        );
+        let logged: Vec<&str> = messages(&seen, "window/logMessage")
+            .iter()
+            .filter_map(|m| m["params"]["message"].as_str())
+            .collect();
+        for line in &lines {
+            assert!(
+                logged.contains(&format!("doctor: {line}").as_str()),
+                "{line} not logged"
+            );
+        }
+        let shown = messages(&seen, "window/showMessage");
+        assert_eq!(shown.len(), 1, "{seen:?}");
+        assert_eq!(shown[0]["params"]["type"], 3, "info");
+        assert_eq!(
+            shown[0]["params"]["message"],
+            "podloop doctor: all checks passed"
+        );
+
+        // The same server answers the failure case with an error message.
+        c.sim.faults().deny("create", "pods/exec");
+        let (response, seen) = run_doctor_command(ws.path(), &c.sim.kubeconfig_path()).await;
+        assert_eq!(response["result"]["failures"], 1, "{response}");
+        let shown: Vec<&Value> = messages(&seen, "window/showMessage")
+            .into_iter()
+            .filter(|m| {
+                m["params"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("podloop doctor:")
+            })
+            .collect();
+        assert_eq!(shown.len(), 1, "{seen:?}");
+        assert_eq!(shown[0]["params"]["type"], 1, "error");
+        let text = shown[0]["params"]["message"].as_str().unwrap();
+        assert!(
+            text.contains(
+                "1 check(s) failed; first: ✗ RBAC in `default`: not allowed to `create pods/exec`"
+            ),
+            "{text}"
+        );
+    }
+}

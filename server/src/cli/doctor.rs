@@ -46,6 +46,19 @@ pub struct DoctorInput {
     pub timeout: Duration,
 }
 
+impl DoctorInput {
+    /// The language server's view: `file` as the config, the kubeconfig from
+    /// `$KUBECONFIG` or `~/.kube/config`, the config's own context.
+    pub fn for_config_file(file: &std::path::Path) -> DoctorInput {
+        DoctorInput {
+            config: crate::engine::config::load(file).map_err(|e| e.to_string()),
+            kubeconfig: None,
+            context: None,
+            timeout: Duration::from_secs(15),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Pass,
@@ -126,7 +139,7 @@ pub async fn doctor(args: DoctorArgs) -> i32 {
 
 /// Runs every check in order, handing each result to `report` as soon as
 /// it is known. Later checks that depend on a failed one are skipped.
-pub async fn run_checks(input: DoctorInput, report: &mut dyn FnMut(Check)) {
+pub async fn run_checks(input: DoctorInput, report: &mut (dyn FnMut(Check) + Send)) {
     let config = match input.config {
         Ok(c) => {
             let names: Vec<&str> = c.mappings.iter().map(|m| m.name.as_str()).collect();

@@ -72,15 +72,17 @@ pub enum Command {
     Pause,
     Resume,
     Status,
+    Doctor,
 }
 
 impl Command {
-    pub const ALL: [Command; 5] = [
+    pub const ALL: [Command; 6] = [
         Command::SyncAll,
         Command::Reload,
         Command::Pause,
         Command::Resume,
         Command::Status,
+        Command::Doctor,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +92,7 @@ impl Command {
             Command::Pause => "podloop.pause",
             Command::Resume => "podloop.resume",
             Command::Status => "podloop.status",
+            Command::Doctor => "podloop.doctor",
         }
     }
 

@@ -60,7 +60,60 @@ pub async fn execute_command(
         Command::Reload => send(session, Input::Reload).map(|()| None),
         Command::Pause => send(session, Input::Pause).map(|()| None),
         Command::Resume => send(session, Input::Resume).map(|()| None),
+        Command::Doctor => doctor(session).await,
     }
+}
+
+/// `podloop doctor` for every workspace folder with a `podloop.toml`: each
+/// line to the log, a summary as a message, the lines as the result.
+async fn doctor(session: &Session) -> Result<Option<LSPAny>> {
+    use crate::cli::doctor::{run_checks, DoctorInput};
+    use tower_lsp_server::ls_types::MessageType;
+    let mut lines = Vec::new();
+    let mut failures = 0;
+    for root in session.roots() {
+        let file = root.join(crate::engine::config::FILE_NAME);
+        if file.is_file() {
+            run_checks(DoctorInput::for_config_file(&file), &mut |check| {
+                failures += usize::from(check.failed());
+                lines.push(check.render());
+            })
+            .await;
+        }
+    }
+    if lines.is_empty() {
+        failures = 1;
+        lines.push(
+            "✗ no podloop.toml in any workspace folder\n    fix: create one (see docs/config.md)"
+                .to_owned(),
+        );
+    }
+    for line in &lines {
+        let kind = if line.starts_with('✗') {
+            MessageType::ERROR
+        } else {
+            MessageType::INFO
+        };
+        session
+            .client
+            .log_message(kind, format!("doctor: {line}"))
+            .await;
+    }
+    let (kind, summary) = if failures == 0 {
+        (
+            MessageType::INFO,
+            "podloop doctor: all checks passed".to_owned(),
+        )
+    } else {
+        let first = lines
+            .iter()
+            .find(|l| l.starts_with('✗'))
+            .map(String::as_str)
+            .unwrap_or("");
+        (MessageType::ERROR, format!("podloop doctor: {failures} check(s) failed; first: {first} (full report in the podloop log)"))
+    };
+    session.client.show_message(kind, summary).await;
+    to_json(&serde_json::json!({"failures": failures, "lines": lines})).map(Some)
 }
 
 fn send(session: &Session, input: Input) -> Result<()> {
