@@ -533,7 +533,7 @@ async fn probe_container(
     let mut checks = Vec::new();
     if report.missing.is_empty() {
         checks.push(Check::pass(format!(
-            "{at}: has sh and tar (and find, xargs, mv, rm, mkdir, dd)"
+            "{at}: has sh and tar (and find, xargs, mv, rm, mkdir, dd or head)"
         )));
     } else {
         let missing: Vec<String> = report.missing.iter().map(|t| format!("`{t}`")).collect();
