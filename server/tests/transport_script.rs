@@ -164,13 +164,13 @@ impl Local {
     }
 }
 
-async fn payload_bytes(entries: &[UploadEntry]) -> (u64, Vec<u8>) {
+async fn payload_bytes(entries: &[UploadEntry]) -> (payload::Payload, Vec<u8>) {
     let plan = payload::plan(entries).unwrap();
     assert!(plan.local_failures.is_empty(), "{:?}", plan.local_failures);
     let mut bytes = Vec::new();
     payload::stream(&plan.pieces, &mut bytes).await.unwrap();
     assert_eq!(bytes.len() as u64, plan.len, "planned length must be exact");
-    (plan.len, bytes)
+    (plan, bytes)
 }
 
 fn hostile_names() -> Vec<&'static [u8]> {
@@ -294,10 +294,10 @@ async fn full_tree_case(shell: Shell) {
         },
     );
 
-    let (len, bytes) = payload_bytes(&local.entries).await;
+    let (plan, bytes) = payload_bytes(&local.entries).await;
     let argv = deliver_argv(
         root.to_str().unwrap(),
-        len,
+        &plan,
         Some("echo reloaded; echo to-stderr >&2"),
     );
     let work = scratch.path().join("cwd");
@@ -353,8 +353,8 @@ async fn truncated_case(shell: Shell) {
     local.put(b"a", &vec![b'n'; 100_000], false);
     local.put(b"b", b"b", false);
     local.delete(b"doomed");
-    let (len, bytes) = payload_bytes(&local.entries).await;
-    let argv = deliver_argv(root.to_str().unwrap(), len, Some("touch RELOADED"));
+    let (plan, bytes) = payload_bytes(&local.entries).await;
+    let argv = deliver_argv(root.to_str().unwrap(), &plan, Some("touch RELOADED"));
     // Cut at several places: inside the delete list, inside a file, just
     // before the completion marker. Nothing may change in any of them.
     for cut in [100usize, 700, 50_000, bytes.len() - 2000] {
@@ -428,8 +428,8 @@ async fn missing_tar_is_reported_by_name() {
         entries: Vec::new(),
     };
     local.put(b"a", b"a", false);
-    let (len, bytes) = payload_bytes(&local.entries).await;
-    let argv = deliver_argv(root.to_str().unwrap(), len, None);
+    let (plan, bytes) = payload_bytes(&local.entries).await;
+    let argv = deliver_argv(root.to_str().unwrap(), &plan, None);
     let bin = host_bin_without(scratch.path(), "tar");
     let out = Command::new("/bin/sh")
         .args(&argv[1..])
@@ -454,8 +454,8 @@ async fn failing_reload_reports_its_exit_code() {
             entries: Vec::new(),
         };
         local.put(b"a", b"a", false);
-        let (len, bytes) = payload_bytes(&local.entries).await;
-        let argv = deliver_argv(root.to_str().unwrap(), len, Some("echo boom >&2; exit 7"));
+        let (plan, bytes) = payload_bytes(&local.entries).await;
+        let argv = deliver_argv(root.to_str().unwrap(), &plan, Some("echo boom >&2; exit 7"));
         let (code, stdout, stderr) = run(shell, scratch.path(), &argv, &bytes, &[]);
         assert_eq!(code, 0);
         let report = remote::parse_deliver_output(&stdout).unwrap();
@@ -483,8 +483,8 @@ async fn an_entry_the_container_refuses_is_reported_and_the_rest_lands() {
         };
         local.put(b"blocked", b"file", false);
         local.put(b"fine", b"fine", false);
-        let (len, bytes) = payload_bytes(&local.entries).await;
-        let argv = deliver_argv(root.to_str().unwrap(), len, None);
+        let (plan, bytes) = payload_bytes(&local.entries).await;
+        let argv = deliver_argv(root.to_str().unwrap(), &plan, None);
         let (_, stdout, _) = run(shell, scratch.path(), &argv, &bytes, &[]);
         let report = remote::parse_deliver_output(&stdout).unwrap();
         assert!(report.complete, "{shell:?}");

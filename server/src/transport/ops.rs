@@ -22,16 +22,16 @@ pub struct DeliverOutcome {
     pub reload: Option<(i32, String)>,
 }
 
-pub fn deliver_argv(root: &str, tar_len: u64, reload: Option<&str>) -> Vec<String> {
+pub fn deliver_argv(root: &str, plan: &payload::Payload, reload: Option<&str>) -> Vec<String> {
     vec![
         "sh".into(),
         "-c".into(),
         remote::deliver_script(),
         "podloop".into(),
         root.into(),
-        tar_len.to_string(),
+        plan.len.to_string(),
         reload.unwrap_or("").into(),
-        format!("{:016x}", rand::random::<u64>()),
+        plan.nonce.clone(),
     ]
 }
 
@@ -42,7 +42,7 @@ pub async fn deliver(
 ) -> Result<DeliverOutcome, TransportError> {
     let root = payload::check_root(&upload.remote_root)?;
     let plan = payload::plan(&upload.entries)?;
-    let argv = deliver_argv(&root, plan.len, upload.reload.as_deref());
+    let argv = deliver_argv(&root, &plan, upload.reload.as_deref());
     let mut exec = Exec::open(client, target, argv).await?;
     if let Err(e) = payload::stream(&plan.pieces, &mut exec).await {
         if !matches!(e, TransportError::StreamCut { .. }) {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use tokio::io::AsyncReadExt;
 
 use super::error::TransportError;
+use super::remote;
 use super::tarstream::{self, HeaderKind};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,9 @@ pub enum Piece {
 
 #[derive(Debug, Default)]
 pub struct Payload {
+    /// Written into the completion marker `z`; the remote script applies the
+    /// batch only when `z` holds exactly this.
+    pub nonce: String,
     pub pieces: Vec<Piece>,
     pub len: u64,
     /// Entries left out because the local file could not be read.
@@ -112,67 +116,142 @@ pub fn check_root(root: &[u8]) -> Result<String, TransportError> {
     Ok(trimmed.to_string())
 }
 
-/// Plan the tar: `d` (deletes), `f/<path>` members, `z` (completion marker).
-/// Local files are stat'ed now; one that cannot be read is left out and
-/// reported, the rest still go.
+/// Records of the list file longer than this are split (same letter, same
+/// folder), so one `mv` or `rm` never meets the kernel's argument limit.
+const RECORD_LIMIT: usize = 32 * 1024;
+
+/// Files up to this size are read while planning and sent from memory: one
+/// read instead of three blocking-pool round trips per file while streaming.
+const INLINE_FILE: u64 = 64 * 1024;
+
+/// At most this much file content is held in memory per batch.
+const INLINE_BUDGET: u64 = 16 * 1024 * 1024;
+
+/// Plan the tar (see `remote::APPLY`): under `.podloop-stage-NONCE/`, `l`
+/// (the list: deletes, then one `mv` per folder), `f/<path>` members, and
+/// `z` holding the fresh nonce (the completion marker). Local files are stat'ed now (small ones read now); one
+/// that cannot be read is left out and reported, the rest still go.
 pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
-    let mut payload = Payload::default();
-    let mut deletes = Vec::new();
+    let mut payload = Payload {
+        nonce: format!("{:016x}", rand::random::<u64>()),
+        ..Payload::default()
+    };
+    let mut deletes: Vec<&[u8]> = Vec::new();
     for entry in entries {
         check_relative(&entry.path)?;
         if entry.op == UploadOp::Delete {
-            deletes.extend_from_slice(&entry.path);
-            deletes.push(0);
+            deletes.push(&entry.path);
             payload.deletes += 1;
         }
     }
-    if !deletes.is_empty() {
-        payload.push(Piece::Bytes(tarstream::small_file(b"d", &deletes)));
-    }
+    let mut members = Vec::new();
+    // Folder -> names moved into it, in first-seen order of folders.
+    let mut moves: Vec<(&[u8], Vec<&[u8]>)> = Vec::new();
+    let mut folder_index: std::collections::HashMap<&[u8], usize> = Default::default();
+    let mut inline_left = INLINE_BUDGET;
+    let stage = format!(".podloop-stage-{}/", payload.nonce).into_bytes();
+    let member = |name: &[u8]| -> Vec<u8> { [&stage[..], name].concat() };
     for entry in entries {
-        let mut name = b"f/".to_vec();
-        name.extend_from_slice(&entry.path);
+        let name = member(&[&b"f/"[..], &entry.path].concat());
         match &entry.op {
-            UploadOp::Delete => {}
+            UploadOp::Delete => continue,
             UploadOp::Symlink { target } => {
-                payload.push(Piece::Bytes(tarstream::member_header(
+                members.push(Piece::Bytes(tarstream::member_header(
                     &name,
                     HeaderKind::Symlink,
                     0,
                     target,
                 )));
-                payload.files += 1;
             }
             UploadOp::Put { local, executable } => {
-                let size = match readable_size(local) {
-                    Ok(size) => size,
+                let mode = if *executable { 0o755 } else { 0o644 };
+                let content = match read_local(local, &mut inline_left) {
+                    Ok(content) => content,
                     Err(reason) => {
                         payload.local_failures.push((entry.path.clone(), reason));
                         continue;
                     }
                 };
-                let mode = if *executable { 0o755 } else { 0o644 };
-                payload.push(Piece::Bytes(tarstream::member_header(
-                    &name,
-                    HeaderKind::File { mode },
-                    size,
-                    b"",
-                )));
-                payload.push(Piece::File {
-                    local: local.clone(),
-                    size,
-                });
-                let pad = tarstream::padding(size);
-                if pad > 0 {
-                    payload.push(Piece::Bytes(vec![0; pad as usize]));
+                let size = match &content {
+                    Piece::Bytes(b) => b.len() as u64,
+                    Piece::File { size, .. } => *size,
+                };
+                let mut header =
+                    tarstream::member_header(&name, HeaderKind::File { mode }, size, b"");
+                let pad = tarstream::padding(size) as usize;
+                match content {
+                    Piece::Bytes(bytes) => {
+                        header.extend_from_slice(&bytes);
+                        header.resize(header.len() + pad, 0);
+                        members.push(Piece::Bytes(header));
+                    }
+                    file => {
+                        members.push(Piece::Bytes(header));
+                        members.push(file);
+                        if pad > 0 {
+                            members.push(Piece::Bytes(vec![0; pad]));
+                        }
+                    }
                 }
-                payload.files += 1;
             }
         }
+        payload.files += 1;
+        let (folder, base) = match entry.path.iter().rposition(|b| *b == b'/') {
+            Some(at) => (&entry.path[..at], &entry.path[at + 1..]),
+            None => (&b""[..], &entry.path[..]),
+        };
+        let index = *folder_index.entry(folder).or_insert_with(|| {
+            moves.push((folder, Vec::new()));
+            moves.len() - 1
+        });
+        moves[index].1.push(base);
     }
-    payload.push(Piece::Bytes(tarstream::small_file(b"z", b"")));
+    let mut list = Vec::new();
+    push_records(&mut list, b'D', None, &deletes);
+    for (folder, names) in &moves {
+        push_records(&mut list, b'M', Some(folder), names);
+    }
+    payload.push(Piece::Bytes(tarstream::small_file(&member(b"l"), &list)));
+    for member in members {
+        payload.push(member);
+    }
+    let marker = format!("{}\n", payload.nonce);
+    payload.push(Piece::Bytes(tarstream::small_file(
+        &member(b"z"),
+        marker.as_bytes(),
+    )));
     payload.push(Piece::Bytes(tarstream::END_OF_ARCHIVE.to_vec()));
     Ok(payload)
+}
+
+/// Lines `LETTER [FOLDER] WORD…`, split so that none grows past
+/// [`RECORD_LIMIT`].
+fn push_records(out: &mut Vec<u8>, letter: u8, folder: Option<&[u8]>, words: &[&[u8]]) {
+    let mut line: Vec<u8> = Vec::new();
+    let start = |line: &mut Vec<u8>| {
+        line.clear();
+        line.push(letter);
+        if let Some(folder) = folder {
+            line.push(b' ');
+            line.extend_from_slice(&remote::sh_word(folder));
+        }
+    };
+    start(&mut line);
+    let empty_len = line.len();
+    for word in words {
+        let quoted = remote::sh_word(word);
+        if line.len() > empty_len && line.len() + quoted.len() > RECORD_LIMIT {
+            out.extend_from_slice(&line);
+            out.push(b'\n');
+            start(&mut line);
+        }
+        line.push(b' ');
+        line.extend_from_slice(&quoted);
+    }
+    if line.len() > empty_len {
+        out.extend_from_slice(&line);
+        out.push(b'\n');
+    }
 }
 
 impl Payload {
@@ -185,8 +264,9 @@ impl Payload {
     }
 }
 
-fn readable_size(local: &std::path::Path) -> Result<u64, String> {
-    let file =
+/// A small file's content, or a big one's size (streamed later).
+fn read_local(local: &std::path::Path, inline_left: &mut u64) -> Result<Piece, String> {
+    let mut file =
         std::fs::File::open(local).map_err(|e| format!("cannot read the local file: {e}"))?;
     let meta = file
         .metadata()
@@ -194,7 +274,18 @@ fn readable_size(local: &std::path::Path) -> Result<u64, String> {
     if !meta.is_file() {
         return Err("the local path is no longer a regular file".into());
     }
-    Ok(meta.len())
+    let size = meta.len();
+    if size > INLINE_FILE || size > *inline_left {
+        return Ok(Piece::File {
+            local: local.to_path_buf(),
+            size,
+        });
+    }
+    let mut content = Vec::with_capacity(size as usize + 1);
+    std::io::Read::read_to_end(&mut file, &mut content)
+        .map_err(|e| format!("cannot read the local file: {e}"))?;
+    *inline_left -= content.len() as u64;
+    Ok(Piece::Bytes(content))
 }
 
 /// Where the payload goes: an exec's stdin, or a buffer in tests.

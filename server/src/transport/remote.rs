@@ -2,39 +2,32 @@
 //! what they print.
 //!
 //! Nothing of a file name is ever part of a script: the scripts are constant
-//! text, run as `sh -c SCRIPT podloop ARG…` with the remote root, byte counts
-//! and the user's `reload` command as positional parameters, and file names
-//! travel inside the tar stream (or as NUL-separated data read by
-//! `xargs -0`). Every tool used exists in busybox 1.35 and GNU coreutils.
+//! text, run as `sh -c SCRIPT podloop ARG…`. File names travel inside the
+//! tar stream: as member names, and in the batch's list file `l`, where each
+//! name is one single-quoted shell word (see [`sh_word`]) that the script
+//! turns back into an argument with `eval "set -- …"`. A quoted word can hold
+//! any byte but NUL, so names with quotes, `$(…)` or newlines arrive intact
+//! and are never run. Every tool used exists in busybox 1.35 and GNU
+//! coreutils.
 //!
 //! The scripts report on stdout as NUL-separated records, so names with
 //! newlines come back intact:
 //! `M tool` (missing tool), `S message` (staging folder not creatable),
 //! `T message` (stream ended early), `X message` (tar failed),
-//! `F path message` (one entry refused), `R code` (reload exit code),
+//! `F path message` (one entry refused), `O output` and `R code` (reload),
 //! `K` (batch complete).
 
 /// Exit code of the deliver script when a required tool is missing. Chosen
 /// apart from 126/127, which mean the exec could not start `sh` itself.
 pub const EXIT_MISSING_TOOL: i32 = 3;
 
-/// The deliver script applies one batch. The tar holds `d` (NUL-separated paths to delete), `f/<path>` for
-/// every file and link, and finally `z`: when `z` is missing the stream was
-/// cut and nothing is applied.
-///
-/// Why the parts are shaped like this:
-/// - `dd iflag=count_bytes,fullblock` reads exactly `$2` bytes (busybox
-///   `head -c` over-reads a pipe), so the same code serves a warm session
-///   where the next batch follows on stdin. Images without `dd` fall back to
-///   `head -c`, exact in GNU coreutils, and harmless in a one-shot exec.
-/// - files land in a staging folder under the root (same filesystem), then
-///   `mv` renames them into place: a reader never sees a half-written file.
-/// - `mv -t DIR` moves a folder's files in one process; only when it fails is
-///   each file moved alone to find which one was refused.
-/// - tar `-m` gives extracted files the current mtime (container watchers
-///   fire), `-o` does not force tar's uid/gid onto the container.
+/// `dd iflag=count_bytes,fullblock` reads exactly `$1` bytes (busybox
+/// `head -c` over-reads a pipe), so the same code serves a warm session
+/// where the next batch follows on stdin. Images without `dd` fall back to
+/// `head -c`, exact in GNU coreutils, and harmless in a one-shot exec.
+/// `nl` lets a quoted word in a one-line record carry a newline.
 const PRELUDE: &str = r#"
-for tool in tar find xargs mv rm mkdir; do
+for tool in tar mv rm mkdir; do
   command -v "$tool" >/dev/null 2>&1 || { printf 'M\0%s\0' "$tool"; exit 3; }
 done
 if command -v dd >/dev/null 2>&1; then
@@ -44,82 +37,144 @@ elif command -v head >/dev/null 2>&1; then
 else
   printf 'M\0dd\0'; exit 3
 fi
+nl='
+'
+home=$PWD
 "#;
 
-/// `apply ROOT SIZE RELOAD STAGE`: reads SIZE bytes of tar from stdin and
+/// `apply ROOT SIZE RELOAD NONCE`: reads SIZE bytes of tar from stdin and
 /// applies them; nothing else reads stdin, so a session can go on reading
-/// the next batch.
+/// the next batch. Returns 0 when the batch was applied (maybe with `F`
+/// records); the caller then prints `K`.
+///
+/// The tar's members all sit under `.podloop-stage-NONCE/` (the staging
+/// folder, so tar itself creates it: no `mkdir`): `l` (what to do, one
+/// record a line), `f/<path>` for every file and link, and finally `z`
+/// holding the nonce: a `z` that is missing or holds anything else means the
+/// stream was cut, and nothing is applied.
+///
+/// Records of `l`, each a letter and shell words:
+/// - `D PATH…`: delete these (files or folders), relative to the root;
+/// - `M DIR NAME…`: move the staged files `f/DIR/NAME…` into `ROOT/DIR`
+///   with one `mv -t` (DIR is `''` for the root itself).
+///
+/// So the steady-state cost of a small save is four processes: `dd`, `tar`,
+/// one `mv` per folder touched, and the `rm` of the staging folder. `cd`
+/// into the folder keeps the argument list linear (no `set -- "$@" x` loop)
+/// and the names relative; a refused `mv` is retried file by file only to
+/// name the file that was refused. The staging folder is under the root
+/// (same filesystem), so a rename is atomic and a reader never sees a
+/// half-written file. tar `-m` gives extracted files the current mtime
+/// (container watchers fire), `-o` does not force tar's uid/gid onto the
+/// container.
 const APPLY: &str = r#"
 apply() {
-root=$1 size=$2 reload=$3 stage=$4
-if ! err=$(mkdir -p -- "$stage" 2>&1); then printf 'S\0%s\0' "$err"; return 4; fi
-err=$(take "$size" | tar -x -m -o -f - -C "$stage" 2>&1)
+root=$1 size=$2 reload=$3 nonce=$4
+stage=$1/.podloop-stage-$4
+if [ ! -d "$root" ] && ! err=$(mkdir -p -- "$root" 2>&1); then
+  take "$size" >/dev/null
+  printf 'S\0%s\0' "$err"; return 4
+fi
+take "$size" | tar -x -m -o -f - -C "$root" 2>"$stage.e"
 code=$?
-{
-if [ ! -e "$stage/z" ]; then rm -rf -- "$stage"; printf 'T\0%s\0' "$err"; return 5; fi
-if [ "$code" != 0 ]; then rm -rf -- "$stage"; printf 'X\0%s\0' "$err"; return 6; fi
-if [ -s "$stage/d" ]; then
-  ( cd "$root" && xargs -0 rm -rf -- <"$stage/d" ) >/dev/null 2>&1 ||
-  ( cd "$root" && xargs -0 sh -c 'for p; do e=$(rm -rf -- "$p" 2>&1) || printf "F\0%s\0%s\0" "$p" "$e"; done' podloop-rm <"$stage/d" )
+got=
+if [ -f "$stage/z" ]; then read -r got <"$stage/z"; fi
+if [ "$got" != "$nonce" ]; then
+  err=$(cat -- "$stage.e" 2>/dev/null)
+  rm -rf -- "$stage" "$stage.e"
+  # Slow path only: tell "not writable" from "stream cut".
+  if ! e=$(mkdir -p -- "$stage" 2>&1); then printf 'S\0%s\0' "$e"; return 4; fi
+  rm -rf -- "$stage"
+  printf 'T\0%s\0' "$err"; return 5
 fi
-if [ -d "$stage/f" ]; then
-  ( cd "$stage/f" && find . -type d -print0 ) | xargs -0 sh -c '
-base=$1 r=$2; shift 2
-movedir() {
-  src=$base/${1#./} dest=$r/${1#./}
-  [ "$1" = . ] && src=$base dest=$r
-  set --
-  for f in "$src"/* "$src"/.[!.]* "$src"/..?*; do
-    if [ -L "$f" ] || { [ -e "$f" ] && [ ! -d "$f" ]; }; then set -- "$@" "$f"; fi
-  done
-  [ $# = 0 ] && return
-  if [ ! -d "$dest" ] && ! e=$(mkdir -p -- "$dest" 2>&1); then
-    for f; do printf "F\0%s\0%s\0" "${f#"$base"/}" "$e"; done
-    return
-  fi
-  mv -f -t "$dest" -- "$@" 2>/dev/null && return
-  for f; do
-    [ -L "$f" ] || [ -e "$f" ] || continue
-    e=$(mv -f -T -- "$f" "$dest/${f##*/}" 2>&1) || printf "F\0%s\0%s\0" "${f#"$base"/}" "$e"
-  done
-}
-for d; do movedir "$d"; done
-' podloop-mv "$stage/f" "$root"
+if [ "$code" != 0 ]; then
+  err=$(cat -- "$stage.e" 2>/dev/null); rm -rf -- "$stage" "$stage.e"; printf 'X\0%s\0' "$err"; return 6
 fi
-rm -rf -- "$stage"
+while IFS= read -r line; do
+  eval "set -- ${line#? }"
+  case $line in
+  D*)
+    cd -- "$root" 2>/dev/null || continue
+    rm -rf -- "$@" 2>/dev/null && continue
+    for p; do
+      e=$(rm -rf -- "$p" 2>&1) || printf 'F\0%s\0%s\0' "$p" "$e"
+    done ;;
+  M*)
+    dir=$1; shift
+    if [ -n "$dir" ]; then src=$stage/f/$dir dest=$root/$dir at=$dir/; else src=$stage/f dest=$root at=; fi
+    if [ ! -d "$dest" ] && ! e=$(mkdir -p -- "$dest" 2>&1); then
+      for n; do printf 'F\0%s\0%s\0' "$at$n" "$e"; done; continue
+    fi
+    if ! cd -- "$src" 2>/dev/null; then
+      for n; do printf 'F\0%s\0%s\0' "$at$n" "staged files missing"; done; continue
+    fi
+    mv -f -t "$dest" -- "$@" 2>/dev/null && continue
+    for n; do
+      [ -L "$n" ] || [ -e "$n" ] || continue
+      e=$(mv -f -T -- "$n" "$dest/$n" 2>&1) || printf 'F\0%s\0%s\0' "$at$n" "$e"
+    done ;;
+  esac
+done <"$stage/l"
+cd -- "$home" 2>/dev/null || cd /
+rm -rf -- "$stage" "$stage.e"
 if [ -n "$reload" ]; then
-  out=$(sh -c "$reload" 2>&1); code=$?
+  out=$(sh -c "$reload" 2>&1 </dev/null); code=$?
   printf 'O\0%s\0R\0%s\0' "$out" "$code"
 fi
-printf 'K\0'
-} </dev/null
+return 0
 }
 "#;
 
 /// One batch in one exec. Positional parameters: `$1` remote root, `$2` tar
-/// size in bytes, `$3` reload command (may be empty), `$4` nonce for the
-/// staging folder.
+/// size in bytes, `$3` reload command (may be empty), `$4` the batch's nonce.
 pub fn deliver_script() -> String {
-    format!("{PRELUDE}{APPLY}\napply \"$1\" \"$2\" \"$3\" \"$1/.podloop-stage-$4\"\nexit $?\n")
+    format!(
+        "{PRELUDE}{APPLY}\n{}",
+        r#"apply "$1" "$2" "$3" "$4"; code=$?
+if [ "$code" = 0 ]; then printf 'K\0'; fi
+exit "$code"
+"#
+    )
 }
 
 /// A warm session: a long-lived `sh` that applies batch after batch from
 /// stdin, so a save costs one round trip instead of a new connection, TLS
-/// handshake and process. Each batch is a header line
-/// `TARSIZE RELOADLEN ROOTLEN NONCE`, then the root, the reload command and
-/// the tar, each exactly that long; the answer is the usual records followed
-/// by `E\0NONCE\0` (the nonce makes the end marker unforgeable by a name).
+/// handshake and process. Each batch is one header line
+/// `TARSIZE NONCE 'ROOT' 'RELOAD'` (root and reload as [`sh_word`]s), then
+/// the tar, exactly that long; the answer is the usual records followed by
+/// `E\0NONCE\0` (the nonce makes the end marker unforgeable by a name).
 pub fn session_script() -> String {
     format!(
-        "{PRELUDE}{APPLY}\nprintf 'H\\0'\n{}",
-        r#"while IFS=' ' read -r size rlen rootlen nonce; do
-  root=$(take "$rootlen"; echo x); root=${root%x}
-  reload=$(take "$rlen"; echo x); reload=${reload%x}
-  apply "$root" "$size" "$reload" "$root/.podloop-stage-$nonce"
-  printf 'E\0%s\0' "$nonce"
+        "{PRELUDE}{APPLY}\n{}",
+        r#"printf 'H\0'
+while IFS=' ' read -r size nonce rest; do
+  eval "set -- $rest"
+  if apply "$1" "$size" "$2" "$nonce"; then
+    printf 'K\0E\0%s\0' "$nonce"
+  else
+    printf 'E\0%s\0' "$nonce"
+  fi
 done
 "#
     )
+}
+
+/// `bytes` as one single-quoted shell word that stays on one line: `'` is
+/// written `'\''` and a newline `'"$nl"'` (the scripts set `nl`). Every other
+/// byte is literal inside single quotes, so `eval "set -- WORD"` gives back
+/// exactly `bytes` and runs nothing. `bytes` holds no NUL (paths are checked).
+pub fn sh_word(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 2);
+    out.push(b'\'');
+    for &b in bytes {
+        match b {
+            b'\'' => out.extend_from_slice(b"'\\''"),
+            b'\n' => out.extend_from_slice(b"'\"$nl\"'"),
+            other => out.push(other),
+        }
+    }
+    out.push(b'\'');
+    out
 }
 
 /// Lists every regular file under `$1` with size, mode and sha256, skipping

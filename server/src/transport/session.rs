@@ -90,11 +90,14 @@ impl Session {
         plan: &payload::Payload,
     ) -> Result<DeliverOutcome, TransportError> {
         let reload = upload.reload.as_deref().unwrap_or("");
-        let nonce = format!("{:016x}", rand::random::<u64>());
-        let header = format!("{} {} {} {nonce}\n", plan.len, reload.len(), root.len());
-        self.exec.write(header.as_bytes()).await?;
-        self.exec.write(root.as_bytes()).await?;
-        self.exec.write(reload.as_bytes()).await?;
+        let nonce = &plan.nonce;
+        let mut header = format!("{} {nonce} ", plan.len).into_bytes();
+        header.extend_from_slice(&remote::sh_word(root.as_bytes()));
+        header.push(b' ');
+        header.extend_from_slice(&remote::sh_word(reload.as_bytes()));
+        header.push(b'\n');
+        // Header and tar go out together: a small batch is one WebSocket frame.
+        self.exec.write(&header).await?;
         payload::stream(&plan.pieces, &mut self.exec).await?;
         self.exec.flush().await?;
         let end = format!("E\0{nonce}\0").into_bytes();
@@ -198,13 +201,12 @@ impl SessionPool {
         let plan = payload::plan(&upload.entries)?;
         match session.deliver(target, &root, &upload, &plan).await {
             Ok(outcome) => Ok(outcome),
-            Err(
-                e @ (TransportError::Partial { .. }
-                | TransportError::RemoteWrite { .. }
-                | TransportError::MissingTool { .. }),
-            ) => Err(e),
-            Err(e @ TransportError::LocalChanged { .. }) => {
-                // The session is mid-batch now: it cannot be reused.
+            Err(e @ (TransportError::Partial { .. } | TransportError::MissingTool { .. })) => {
+                Err(e)
+            }
+            Err(e @ (TransportError::LocalChanged { .. } | TransportError::RemoteWrite { .. })) => {
+                // Mid-batch, or tar died before reading all of its bytes: the
+                // session's stdin may be out of step, so it is not reused.
                 *guard = None;
                 Err(e)
             }
