@@ -28,6 +28,8 @@ enum Command {
     Status(StatusArgs),
     #[command(flatten)]
     FirstSteps(cli::demo::FirstSteps),
+    /// Measure the save-to-pod loop against `kubectl cp` on an embedded cluster.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -44,6 +46,9 @@ fn main() -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
         )
         .init();
+    if let Command::Bench(args) = cli.command {
+        return Ok(ExitCode::from(cli::bench::run(args)?));
+    }
     if let Command::FirstSteps(command) = cli.command {
         return Ok(ExitCode::from(command.run()?));
     }
@@ -65,7 +70,9 @@ async fn run(command: Command) -> u8 {
         }
         Command::Watch(args) => (&args.cluster, cli::load_config(&args.cluster)),
         Command::Status(args) => (&args.cluster, cli::load_config(&args.cluster)),
-        Command::Lsp { .. } | Command::FirstSteps(_) => unreachable!("handled in main"),
+        Command::Lsp { .. } | Command::FirstSteps(_) | Command::Bench(_) => {
+            unreachable!("handled in main")
+        }
     };
     let config = match result {
         Ok(c) => c,
@@ -88,7 +95,9 @@ async fn run(command: Command) -> u8 {
         Command::Sync(args) => cli::sync(cluster, args, config).await,
         Command::Watch(args) => cli::watch(cluster, args, config).await,
         Command::Status(args) => cli::status(cluster, args, config).await,
-        Command::Lsp { .. } | Command::FirstSteps(_) => unreachable!("handled in main"),
+        Command::Lsp { .. } | Command::FirstSteps(_) | Command::Bench(_) => {
+            unreachable!("handled in main")
+        }
     };
     code.clamp(0, 255) as u8
 }

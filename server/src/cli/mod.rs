@@ -3,6 +3,7 @@
 //! Every one of them drives the same engine loop as the language server;
 //! the CLI only chooses the inputs and prints the outputs.
 
+pub mod bench;
 pub mod demo;
 pub mod doctor;
 mod kube;
