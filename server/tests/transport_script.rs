@@ -562,3 +562,253 @@ async fn manifest_script_hashes_every_file_with_odd_names() {
         );
     }
 }
+
+/// A `sh` running the session script, fed batch after batch on one stdin.
+struct SessionShell {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    output: std::sync::mpsc::Receiver<Vec<u8>>,
+    buffered: Vec<u8>,
+}
+
+impl SessionShell {
+    fn start(shell: Shell, scratch: &Path, path: Option<&Path>) -> SessionShell {
+        let mut command = match shell {
+            Shell::Host => Command::new("/bin/sh"),
+            Shell::Busybox => {
+                let bin = busybox_bin(scratch, &[]);
+                let mut c = Command::new(bin.join("sh"));
+                c.env("PATH", bin);
+                c
+            }
+        };
+        if let Some(path) = path {
+            command.env("PATH", path);
+        }
+        let cwd = scratch.join("cwd");
+        std::fs::create_dir_all(&cwd).unwrap();
+        let mut child = command
+            .args(["-c", &remote::session_script(), "podloop-session"])
+            .current_dir(&cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut stdout, &mut buffer) {
+                if n == 0 || tx.send(buffer[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut session = SessionShell {
+            child,
+            stdin,
+            output,
+            buffered: Vec::new(),
+        };
+        assert_eq!(session.read_until(b"H\0"), b"");
+        session
+    }
+
+    /// Everything before `marker`; panics after 20 s without it.
+    fn read_until(&mut self, marker: &[u8]) -> Vec<u8> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(at) = self
+                .buffered
+                .windows(marker.len())
+                .position(|w| w == marker)
+            {
+                let before = self.buffered[..at].to_vec();
+                self.buffered.drain(..at + marker.len());
+                return before;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(chunk) => self.buffered.extend_from_slice(&chunk),
+                Err(_) => panic!(
+                    "no {:?} from the session; got {:?}",
+                    String::from_utf8_lossy(marker),
+                    String::from_utf8_lossy(&self.buffered)
+                ),
+            }
+        }
+    }
+
+    /// Sends one batch and returns the script's report for it.
+    async fn batch(&mut self, root: &Path, entries: &[UploadEntry], reload: &str) -> Vec<u8> {
+        let (plan, bytes) = payload_bytes(entries).await;
+        let header = remote::session_header(plan.len, &plan.nonce, root.to_str().unwrap(), reload);
+        self.stdin.write_all(&header).unwrap();
+        self.stdin.write_all(&bytes).unwrap();
+        self.stdin.flush().unwrap();
+        self.read_until(format!("E\0{}\0", plan.nonce).as_bytes())
+    }
+}
+
+fn staging_folders(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root)
+        .map(|dir| {
+            dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".podloop-stage"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A PATH whose tools log each start to `log` before running the real one,
+/// so a test can count the processes a batch costs (dash and GNU tools: a
+/// busybox shell runs its applets without looking at PATH).
+fn counting_bin(dir: &Path, log: &Path) -> PathBuf {
+    let bin = dir.join("countbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in [
+        "dd", "head", "tar", "mv", "rm", "mkdir", "cat", "find", "xargs", "sh",
+    ] {
+        let real = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|p| Path::new(p).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no {tool} on this machine"));
+        let wrapper = bin.join(tool);
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\necho {tool} >> '{}'\nexec '{}' \"$@\"\n",
+                log.display(),
+                real.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+#[tokio::test]
+async fn a_session_applies_batch_after_batch_and_a_small_save_costs_four_processes() {
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("spawned");
+    let bin = counting_bin(scratch.path(), &log);
+    let root = scratch.path().join("app");
+    let mut session = SessionShell::start(Shell::Host, scratch.path(), Some(&bin));
+    let spawned = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+
+    // The first batch creates the root; later ones are the steady state.
+    let mut local = Local {
+        dir: scratch.path().to_path_buf(),
+        entries: Vec::new(),
+    };
+    local.put(b"main.rs", b"v0", false);
+    let report = remote::parse_deliver_output(&session.batch(&root, &local.entries, "").await);
+    assert!(report.unwrap().complete);
+    for i in 1..=3 {
+        let _ = std::fs::remove_file(&log);
+        let mut local = Local {
+            dir: scratch.path().to_path_buf(),
+            entries: Vec::new(),
+        };
+        local.put(b"main.rs", format!("v{i}").as_bytes(), false);
+        let out = session.batch(&root, &local.entries, "").await;
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(report.complete && report.failed.is_empty(), "{report:?}");
+        assert_eq!(
+            std::fs::read(root.join("main.rs")).unwrap(),
+            format!("v{i}").as_bytes()
+        );
+        let mut tools = spawned();
+        tools.sort();
+        assert_eq!(tools, ["dd", "mv", "rm", "tar"], "save {i}");
+        assert!(staging_folders(&root).is_empty());
+    }
+
+    // Deletes, two folders, hostile names and a reload in one batch, then a
+    // batch into another root on the same session.
+    std::fs::create_dir_all(root.join("old dir/x")).unwrap();
+    std::fs::write(root.join("old file"), b"x").unwrap();
+    let mut local = Local {
+        dir: scratch.path().to_path_buf(),
+        entries: Vec::new(),
+    };
+    local.delete(b"old dir");
+    local.delete(b"old file");
+    for name in hostile_names() {
+        local.put(name, b"hostile", false);
+        let mut nested = b"sub $(x)/".to_vec();
+        nested.extend_from_slice(name);
+        local.put(&nested, b"nested", false);
+    }
+    let _ = std::fs::remove_file(&log);
+    let out = session
+        .batch(&root, &local.entries, "echo \"it's\"\necho reloaded")
+        .await;
+    let report = remote::parse_deliver_output(&out).unwrap();
+    assert!(report.complete && report.failed.is_empty(), "{report:?}");
+    assert_eq!(report.reload_exit, Some(0));
+    assert_eq!(
+        report.reload_output.as_deref().map(str::trim),
+        Some("it's\nreloaded")
+    );
+    assert!(!root.join("old dir").exists() && !root.join("old file").exists());
+    for name in hostile_names() {
+        assert_eq!(std::fs::read(root.join(os(name))).unwrap(), b"hostile");
+        let mut nested = b"sub $(x)/".to_vec();
+        nested.extend_from_slice(name);
+        assert_eq!(std::fs::read(root.join(os(&nested))).unwrap(), b"nested");
+    }
+    assert!(!scratch.path().join("cwd/PWNED").exists() && !root.join("PWNED").exists());
+    let mvs = spawned().iter().filter(|t| *t == "mv").count();
+    assert_eq!(mvs, 2, "one mv per folder: {:?}", spawned());
+
+    let other = scratch.path().join("other root");
+    let mut local = Local {
+        dir: scratch.path().to_path_buf(),
+        entries: Vec::new(),
+    };
+    local.put(b"a", b"other", false);
+    let report = remote::parse_deliver_output(&session.batch(&other, &local.entries, "").await);
+    assert!(report.unwrap().complete);
+    assert_eq!(std::fs::read(other.join("a")).unwrap(), b"other");
+    assert!(staging_folders(&root).is_empty() && staging_folders(&other).is_empty());
+
+    drop(session.stdin);
+    assert!(session.child.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn a_session_survives_an_unwritable_root_and_keeps_reading_in_step() {
+    for shell in [Shell::Host, Shell::Busybox] {
+        let scratch = tempfile::tempdir().unwrap();
+        // A file where the root's parent folder should be: no root can be made.
+        std::fs::write(scratch.path().join("blocked"), b"file").unwrap();
+        let blocked = scratch.path().join("blocked/app");
+        let root = scratch.path().join("app");
+        let mut session = SessionShell::start(shell, scratch.path(), None);
+        let mut local = Local {
+            dir: scratch.path().to_path_buf(),
+            entries: Vec::new(),
+        };
+        local.put(b"big", &vec![b'b'; 300_000], false);
+        let out = session.batch(&blocked, &local.entries, "").await;
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(report.staging_failed.is_some(), "{shell:?}: {report:?}");
+        assert!(!report.complete);
+        // The next batch is read from the right place in the stream.
+        let out = session.batch(&root, &local.entries, "").await;
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(report.complete, "{shell:?}: {report:?}");
+        assert_eq!(std::fs::read(root.join("big")).unwrap().len(), 300_000);
+    }
+}

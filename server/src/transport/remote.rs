@@ -159,6 +159,16 @@ done
     )
 }
 
+/// The line that starts a batch in a session (see [`session_script`]).
+pub fn session_header(tar_len: u64, nonce: &str, root: &str, reload: &str) -> Vec<u8> {
+    let mut header = format!("{tar_len} {nonce} ").into_bytes();
+    header.extend_from_slice(&sh_word(root.as_bytes()));
+    header.push(b' ');
+    header.extend_from_slice(&sh_word(reload.as_bytes()));
+    header.push(b'\n');
+    header
+}
+
 /// `bytes` as one single-quoted shell word that stays on one line: `'` is
 /// written `'\''` and a newline `'"$nl"'` (the scripts set `nl`). Every other
 /// byte is literal inside single quotes, so `eval "set -- WORD"` gives back

@@ -91,11 +91,7 @@ impl Session {
     ) -> Result<DeliverOutcome, TransportError> {
         let reload = upload.reload.as_deref().unwrap_or("");
         let nonce = &plan.nonce;
-        let mut header = format!("{} {nonce} ", plan.len).into_bytes();
-        header.extend_from_slice(&remote::sh_word(root.as_bytes()));
-        header.push(b' ');
-        header.extend_from_slice(&remote::sh_word(reload.as_bytes()));
-        header.push(b'\n');
+        let header = remote::session_header(plan.len, nonce, root, reload);
         // Header and tar go out together: a small batch is one WebSocket frame.
         self.exec.write(&header).await?;
         payload::stream(&plan.pieces, &mut self.exec).await?;
