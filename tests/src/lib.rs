@@ -187,3 +187,43 @@ pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The path of one of the workspace's binaries (`podloop`, `kubesim`), built
+/// up to date first. Builds the whole workspace's binaries, as
+/// `scripts/test` does, so the dependency features match and nothing is
+/// recompiled; a no-op when they are fresh. `PODLOOP_BIN`/`KUBESIM_BIN`
+/// override the path.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let env_key = format!("{}_BIN", name.to_uppercase());
+    if let Some(explicit) = std::env::var_os(env_key) {
+        return PathBuf::from(explicit);
+    }
+    // tests run from target/<profile>/deps/<test>; binaries sit in target/<profile>/.
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .args(["build", "-q", "--workspace", "--bins", "--target-dir"])
+            .arg(profile_dir.parent().expect("target dir"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        match build.output() {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+            Err(e) => Err(format!("running cargo: {e}")),
+        }
+    });
+    if let Err(stderr) = built {
+        panic!("building the workspace binaries failed:\n{stderr}");
+    }
+    profile_dir.join(name)
+}

@@ -1,5 +1,4 @@
 //! The `kubesim serve` binary: kubeconfig published once the --pods run, SIGTERM stops them all.
-use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -7,19 +6,6 @@ use kube::api::Api;
 use podloop_e2e::{eventually, kube_client, require_busybox};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Builds the kubesim binary into this test's target dir and returns its path.
-fn kubesim_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "-q", "-p", "kubesim", "--bin", "kubesim"])
-        .status()
-        .expect("running cargo build for kubesim");
-    assert!(status.success(), "building kubesim failed");
-    // tests run from target/<profile>/deps/<test>; the binary sits in target/<profile>/.
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("kubesim")
-}
 
 fn descendants(pid: u32) -> Vec<u32> {
     let mut all = Vec::new();
@@ -56,7 +42,7 @@ async fn serve_publishes_kubeconfig_and_stops_every_pod_on_sigterm() {
     if !require_busybox() {
         return;
     }
-    let binary = kubesim_binary();
+    let binary = podloop_e2e::workspace_binary("kubesim");
     let dir = tempfile::tempdir().unwrap();
     let pods_file = dir.path().join("pods.json");
     std::fs::write(
