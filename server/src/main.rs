@@ -85,7 +85,7 @@ async fn run(command: Command) -> u8 {
         kubeconfig: cluster_args.kubeconfig.clone(),
         context: cluster_args.context.clone(),
     }) {
-        Ok(c) => cli::ContextNamespace::new(c),
+        Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return 1;

@@ -902,3 +902,106 @@ async fn large_batches_report_progress_that_always_ends() {
         |o| matches!(o, Output::Progress(engine::Progress::End { id, .. }) if *id == begins[0])
     ));
 }
+
+#[tokio::test]
+async fn a_no_op_batch_keeps_the_last_real_sync() {
+    let mut h = Harness::new(&["p1"]).await;
+    h.save("a.txt", "a");
+    let first = h.quiescent().await;
+    let real = first.targets[0]
+        .last_sync
+        .clone()
+        .expect("a delivered batch sets lastSync");
+    assert_eq!(real.files, 1);
+    // The watcher's echo of that save plans a batch with nothing in it.
+    h.changed(vec![h.path("a.txt")], ChangeOrigin::Watcher);
+    h.until(|o| matches!(o, Output::Log { text, .. } if text.contains("nothing to send")))
+        .await;
+    let after = h.quiescent().await;
+    assert_eq!(after.targets[0].last_sync.as_ref(), Some(&real));
+    assert_eq!(h.fake.batches().len(), 1);
+}
+
+#[tokio::test]
+async fn transient_failure_warns_on_the_waiting_file_retries_soon_and_clears_on_delivery() {
+    let mut h = Harness::new(&["p1"]).await;
+    h.quiescent().await;
+    h.fake.fail_next(ClusterError::Transient(
+        "cannot reach the API server at https://127.0.0.1:1: connection refused".into(),
+    ));
+    h.fake.fail_next(ClusterError::Transient(
+        "the exec stream to p1 was cut mid-batch".into(),
+    ));
+    let started = std::time::Instant::now();
+    h.save("a.txt", "a");
+    let file = h.path("a.txt");
+    let warned = h
+        .until(|o| matches!(o, Output::FileProblems { path, problems } if *path == file && !problems.is_empty()))
+        .await;
+    let Output::FileProblems { problems, .. } = warned else {
+        unreachable!()
+    };
+    assert_eq!(problems[0].severity, Level::Warning);
+    assert!(
+        problems[0]
+            .message
+            .starts_with("not yet delivered to pod p1: cannot reach the API server")
+            && problems[0].message.contains("retrying in"),
+        "{}",
+        problems[0].message
+    );
+    let s = h.quiescent().await;
+    // Two failures then success: backoff of ~150 ms then ~300 ms (±25%).
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "recovery took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.health, Health::Ok, "{s:?}");
+    assert_eq!(content(h.fake.file("p1", "a.txt")), "a");
+    h.drain();
+    assert_eq!(
+        h.problems_for(&file),
+        Some(Vec::new()),
+        "cleared on delivery"
+    );
+}
+
+#[tokio::test]
+async fn a_folder_deleted_and_made_again_between_events_loses_its_old_files_in_the_pod() {
+    let mut h = Harness::new(&["p1"]).await;
+    h.save("lib/a.txt", "a");
+    h.save("lib/deep/b.txt", "b");
+    h.quiescent().await;
+    // git checkout of another branch: the folder goes and comes back with
+    // other files; the watcher reports only the folder.
+    std::fs::remove_dir_all(h.path("lib")).unwrap();
+    h.write("lib/c.txt", "c");
+    h.changed(vec![h.path("lib")], ChangeOrigin::Watcher);
+    h.quiescent().await;
+    assert_eq!(h.fake.file("p1", "lib/a.txt"), None);
+    assert_eq!(h.fake.file("p1", "lib/deep/b.txt"), None);
+    assert_eq!(content(h.fake.file("p1", "lib/c.txt")), "c");
+}
+
+#[tokio::test]
+async fn a_folder_deleted_refilled_and_deleted_again_is_deleted_in_the_pod() {
+    let mut h = Harness::new(&["p1"]).await;
+    h.save("dir/a.txt", "a");
+    h.quiescent().await;
+    std::fs::remove_dir_all(h.path("dir")).unwrap();
+    h.changed(vec![h.path("dir")], ChangeOrigin::Watcher);
+    h.quiescent().await;
+    assert_eq!(h.fake.file("p1", "dir/a.txt"), None);
+    h.save("dir/b.txt", "b");
+    h.quiescent().await;
+    assert_eq!(content(h.fake.file("p1", "dir/b.txt")), "b");
+    std::fs::remove_dir_all(h.path("dir")).unwrap();
+    h.changed(vec![h.path("dir")], ChangeOrigin::Watcher);
+    h.quiescent().await;
+    assert_eq!(
+        h.fake.file("p1", "dir/b.txt"),
+        None,
+        "the second delete was skipped"
+    );
+}

@@ -6,10 +6,7 @@
 pub mod bench;
 pub mod demo;
 pub mod doctor;
-mod kube;
 mod render;
-
-pub use kube::ContextNamespace;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -54,7 +54,8 @@ impl KubeCluster {
         self.connector.default_context()
     }
 
-    /// The namespace of `context` in the kubeconfig, else "default".
+    /// The namespace of `context` in the kubeconfig, else "default"; what
+    /// an empty [`TargetSpec::namespace`] stands for.
     pub async fn default_namespace(&self, context: Option<&str>) -> Result<String, ClusterError> {
         Ok(self.client(context).await?.namespace)
     }
@@ -111,9 +112,16 @@ pub fn cluster_error(error: TransportError) -> ClusterError {
     }
 }
 
-fn query(spec: &TargetSpec) -> PodQuery {
+/// The transport's query for `spec`, with the engine's empty namespace
+/// ("the context's namespace") resolved through the context's client: the
+/// one place that rule lives, so the LSP and the CLI cannot disagree.
+fn query(spec: &TargetSpec, client: &ContextClient) -> PodQuery {
     PodQuery {
-        namespace: spec.namespace.clone(),
+        namespace: if spec.namespace.is_empty() {
+            client.namespace.clone()
+        } else {
+            spec.namespace.clone()
+        },
         pods: match &spec.pods {
             PodSelector::Labels(s) => PodMatch::Labels(s.clone()),
             PodSelector::Name(n) => PodMatch::Name(n.clone()),
@@ -173,7 +181,7 @@ fn to_targets(
 impl Cluster for KubeCluster {
     async fn resolve(&self, spec: &TargetSpec) -> Result<TargetList, ClusterError> {
         let client = self.client(spec.context.as_deref()).await?;
-        let list = to_targets(pods::resolve(&client, &query(spec)).await)?;
+        let list = to_targets(pods::resolve(&client, &query(spec, &client)).await)?;
         Self::remember(&self.context_of_pod, spec, &list);
         Ok(list)
     }
@@ -192,7 +200,7 @@ impl Cluster for KubeCluster {
         };
         let contexts = self.context_of_pod.clone();
         let remembered_spec = spec.clone();
-        pods::watch(&client, &query(spec), changes, move |result| {
+        pods::watch(&client, &query(spec, &client), changes, move |result| {
             let list = to_targets(result)?;
             Self::remember(&contexts, &remembered_spec, &list);
             Ok(list)

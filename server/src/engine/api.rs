@@ -217,6 +217,9 @@ pub struct SyncAllReport {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TargetSpec {
     pub context: Option<String>,
+    /// Empty when neither the config nor an override names one: "the
+    /// namespace of `context` in the kubeconfig, else `default`". The
+    /// cluster resolves it; the engine never guesses it.
     pub namespace: String,
     pub pods: PodSelector,
     pub container: Option<String>,

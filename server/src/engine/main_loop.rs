@@ -22,8 +22,11 @@ use super::EngineHandle;
 /// smaller ones only when they run longer than [`SLOW_BATCH`].
 const LARGE_BATCH: usize = 50;
 const SLOW_BATCH: Duration = Duration::from_secs(1);
-const RETRY_BASE: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+/// The first retry comes quickly (most transport faults are a single lost
+/// connection); the cap keeps a long outage from pushing the next try out
+/// of sight.
+const RETRY_BASE: Duration = Duration::from_millis(150);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 type MappingId = u64;
 
@@ -212,6 +215,11 @@ pub(crate) struct MainLoop<C: Cluster> {
     mapped_folders: Vec<PathBuf>,
     last_status: Option<Status>,
     next_id: u64,
+    /// Batches still running for targets that were removed (pod not Ready,
+    /// replaced, mapping changed). A target that comes back under the same
+    /// key waits for them: two batches to one container at once could land
+    /// out of order and leave a stale file.
+    draining: HashMap<TargetKey, u64>,
 }
 
 pub(crate) fn start<C: Cluster>(
@@ -244,6 +252,7 @@ pub(crate) fn start<C: Cluster>(
         mapped_folders: Vec::new(),
         last_status: None,
         next_id: 1,
+        draining: HashMap::new(),
     };
     for config in fixed {
         main.sources.push(Source {
@@ -871,6 +880,7 @@ impl<C: Cluster> MainLoop<C> {
         let mut waiters: Vec<u64> = Vec::new();
         if let Some(f) = &t.in_flight {
             waiters.extend(&f.waiters);
+            self.draining.insert(key.clone(), f.id);
         }
         waiters.extend(t.full_sync.iter().flatten());
         waiters.extend(t.full_check.iter().flatten());
@@ -1020,6 +1030,13 @@ impl<C: Cluster> MainLoop<C> {
             };
             let window = m.batch_window;
             let info = m.info.clone();
+            // Keyed by container, not mapping: a reloaded config gives the
+            // same container a new mapping id.
+            if self.draining.keys().any(|d| {
+                (&d.namespace, &d.pod, &d.container) == (&key.namespace, &key.pod, &key.container)
+            }) {
+                continue;
+            }
             let t = self.targets.get_mut(&key).expect("listed");
             if t.in_flight.is_some() {
                 continue;
@@ -1056,9 +1073,15 @@ impl<C: Cluster> MainLoop<C> {
             };
             let reload = kind != BatchKind::Check && std::mem::take(&mut t.reload_requested);
             let held = if kind == BatchKind::Changes {
-                paths
+                // Whatever is held under a changed folder too: planning
+                // deletes what vanished from it.
+                t.held
                     .iter()
-                    .filter_map(|p| t.held.get(p).map(|h| (p.clone(), h.clone())))
+                    .filter(|(held_path, _)| {
+                        paths.contains(*held_path)
+                            || held_path.ancestors().any(|a| paths.contains(&a))
+                    })
+                    .map(|(p, h)| (p.clone(), h.clone()))
                     .collect()
             } else {
                 t.held.clone()
@@ -1126,6 +1149,12 @@ impl<C: Cluster> MainLoop<C> {
     // -- results ------------------------------------------------------------
 
     fn on_batch_done(&mut self, key: TargetKey, batch: u64, outcome: BatchOutcome) {
+        if self.draining.get(&key) == Some(&batch) {
+            // Its paths were carried to the target's successor when it was
+            // removed; that one may start now.
+            self.draining.remove(&key);
+            return;
+        }
         let Some(info) = self.mappings.get(&key.mapping).map(|m| m.info.clone()) else {
             return;
         };
@@ -1134,7 +1163,10 @@ impl<C: Cluster> MainLoop<C> {
             // moved to the mapping when the target was removed.
             return;
         };
-        let Some(mut inflight) = t.in_flight.take().filter(|f| f.id == batch) else {
+        if t.in_flight.as_ref().is_none_or(|f| f.id != batch) {
+            return;
+        }
+        let Some(mut inflight) = t.in_flight.take() else {
             return;
         };
         let pod = key.describe();
@@ -1214,7 +1246,7 @@ impl<C: Cluster> MainLoop<C> {
 
         let t = self.targets.get_mut(&key).expect("present");
         for (rel, held) in &outcome.unchanged {
-            t.held.insert(rel.clone(), held.clone());
+            record_held(&mut t.held, rel, held);
         }
         let mut report_failure: Option<String> = None;
         let mut succeeded: Vec<RelPath> =
@@ -1287,6 +1319,26 @@ impl<C: Cluster> MainLoop<C> {
                     BatchKind::Changes => {}
                 }
                 let at = Instant::now() + delay;
+                // The save is not lost, but the user must see it has not
+                // landed yet: a warning on each waiting file, replaced by
+                // nothing once a later batch delivers it.
+                let waiting = Problem {
+                    severity: Level::Warning,
+                    line: 0,
+                    column: 0,
+                    message: format!(
+                        "not yet delivered to pod {}: {reason}; retrying in {}",
+                        key.pod,
+                        human_duration(delay)
+                    ),
+                };
+                for rel in &inflight.paths {
+                    self.set_problems(
+                        &info.local_path(rel),
+                        ProblemSource::Delivery(key.clone()),
+                        vec![waiting.clone()],
+                    );
+                }
                 self.log(
                     Level::Warning,
                     format!(
@@ -1325,7 +1377,10 @@ impl<C: Cluster> MainLoop<C> {
         if report_failure.is_none() {
             t.error = None;
         }
-        if delivered || outcome.sent.is_empty() && report_failure.is_none() {
+        // Only a batch that carried something replaces `lastSync`: editors
+        // show its time, and a no-op (the watcher's echo of a save, a
+        // resync that found nothing) would hide the last real delivery.
+        if delivered && !outcome.sent.is_empty() {
             let files = outcome.sent.len() - failed_paths.len().min(outcome.sent.len());
             t.last_sync = Some(LastSync {
                 files,
@@ -1340,8 +1395,10 @@ impl<C: Cluster> MainLoop<C> {
             BTreeSet::new()
         };
 
-        // Diagnostics: clear on success, set on failure.
-        for rel in &succeeded {
+        // Diagnostics: clear on success, set on failure. A path that was
+        // not sent for a local reason (too large, unreadable) carries that
+        // problem instead of a stale "not yet delivered".
+        for rel in succeeded.iter().chain(outcome.notes.iter().map(|(r, _)| r)) {
             self.set_problems(
                 &info.local_path(rel),
                 ProblemSource::Delivery(key.clone()),
@@ -1528,7 +1585,7 @@ impl<C: Cluster> MainLoop<C> {
 
     fn compute_status(&self) -> Status {
         let mut pending: BTreeSet<(MappingId, &RelPath)> = BTreeSet::new();
-        let mut in_flight = false;
+        let mut in_flight = !self.draining.is_empty();
         let mut retrying: Option<&Retry> = None;
         let mut targets = Vec::new();
         let mut errors: Vec<String> = Vec::new();
@@ -1760,6 +1817,14 @@ fn record_held(held: &mut HashMap<RelPath, Held>, rel: &RelPath, value: &Held) {
     if *value == Held::Absent {
         // A deleted folder takes everything under it along.
         held.retain(|p, _| !p.is_within(rel));
+    } else {
+        // A file in a folder podloop once deleted brings the folder back:
+        // a later delete of that folder must be sent, not skipped.
+        for ancestor in rel.ancestors() {
+            if held.get(&ancestor) == Some(&Held::Absent) {
+                held.remove(&ancestor);
+            }
+        }
     }
     held.insert(rel.clone(), value.clone());
 }
@@ -1782,6 +1847,14 @@ fn backoff(attempt: u32) -> Duration {
         .min(RETRY_MAX);
     let jitter = rand::rng().random_range(0.75..1.25);
     base.mul_f64(jitter)
+}
+
+fn human_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 pub fn human_bytes(n: u64) -> String {

@@ -178,6 +178,19 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                 for (child, kind) in m.walk(Some(rel)) {
                     local.insert(child, kind);
                 }
+                // The folder may have been deleted and made again between
+                // two events (git checkout does that): what podloop put
+                // under it and is gone now must go in the container too.
+                for (held_path, held) in &req.held {
+                    if held_path != rel
+                        && held_path.is_within(rel)
+                        && *held != Held::Absent
+                        && !local.contains_key(held_path)
+                        && matches!(m.inspect(held_path), Ok(LocalKind::Missing))
+                    {
+                        local.insert(held_path.clone(), LocalKind::Missing);
+                    }
+                }
             }
             Ok(kind) => {
                 if !m.is_excluded(rel, false) {
@@ -199,7 +212,13 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                     // Manifests list regular files only: a link we wrote
                     // may still be there.
                     Some(false) => !matches!(req.held.get(&rel), Some(Held::Link(_))),
-                    None => req.held.get(&rel) == Some(&Held::Absent),
+                    None => {
+                        req.held.get(&rel) == Some(&Held::Absent)
+                            && !req
+                                .held
+                                .iter()
+                                .any(|(p, h)| *h != Held::Absent && p != &rel && p.is_within(&rel))
+                    }
                 };
                 if already_gone {
                     p.unchanged.push((rel, Held::Absent));
