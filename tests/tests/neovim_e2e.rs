@@ -510,6 +510,38 @@ fn neovim_checkhealth_reports_ok_when_everything_is_in_place() {
 }
 
 #[test]
+fn neovim_checkhealth_asks_podloop_doctor_when_no_server_runs() {
+    let Some(nvim) = nvim_or_skip("neovim_checkhealth_asks_podloop_doctor_when_no_server_runs")
+    else {
+        return;
+    };
+    let mut world = World::start();
+    // Started in the workspace, no file opened: no language server yet.
+    world.start_nvim_with_podloop(&nvim);
+    let report = world.nvim().call("checkhealth", None)["report"]
+        .as_str()
+        .expect("report")
+        .to_string();
+    let snap = world.snapshot();
+    assert_eq!(snap["clients"].as_array().map(Vec::len), Some(0), "{snap}");
+    assert!(
+        report.contains("asking `podloop doctor` instead"),
+        "{report}"
+    );
+    let section = report
+        .split("project and cluster")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no project section in:\n{report}"));
+    let oks = section.lines().filter(|l| l.contains("OK")).count();
+    assert!(
+        oks >= 3,
+        "the doctor's passing checks are listed as OK:\n{report}"
+    );
+    assert_report_line(&report, "OK", "cluster reachable");
+    assert!(!report.contains("ERROR"), "no errors expected:\n{report}");
+}
+
+#[test]
 fn neovim_checkhealth_names_the_missing_binary_and_the_fix() {
     let Some(nvim) = nvim_or_skip("neovim_checkhealth_names_the_missing_binary_and_the_fix") else {
         return;
