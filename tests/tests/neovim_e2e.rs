@@ -305,6 +305,30 @@ fn neovim_save_reaches_the_pod_and_the_statusline() {
         "statusline should show the last batch's time: {statusline:?}"
     );
 
+    // :PodloopLog shows the server's per-batch log lines.
+    let ran = world.nvim().call("run", Some("PodloopLog"));
+    assert_eq!(ran["ok"], Value::Bool(true), "{ran}");
+    let log = world.nvim().call("current_lines", None);
+    let lines: Vec<&str> = log["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        lines
+            .first()
+            .is_some_and(|l| l.starts_with("# podloop (client ")),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("[INFO]") || l.contains("[LOG]")),
+        "the server's log lines are listed: {log}"
+    );
+    world.nvim().call("run", Some("close"));
+
     // A second file in the same root reuses the same client.
     std::fs::write(world.workspace.join("src/second.txt"), "second\n").expect("write");
     world.open("src/second.txt");
