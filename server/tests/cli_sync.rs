@@ -224,7 +224,6 @@ async fn sync_all_of_a_hostile_tree_busybox() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kubesim's host image has no `dd`, which the transport's delivery script needs (reported to both owners)"]
 async fn sync_all_of_a_hostile_tree_host_image() {
     hostile_round_trip(Image::Host).await;
 }
@@ -341,7 +340,6 @@ async fn error_cases_have_specific_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kubesim's busybox-notar still extracts: busybox sh runs the tar applet without /bin/tar (reported)"]
 async fn container_without_tar_is_reported_with_the_fix() {
     let s = setup(Image::BusyboxNotar, &["api-1"]).await;
     write(&s.src(), b"a.txt", b"a");

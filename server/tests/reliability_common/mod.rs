@@ -85,10 +85,17 @@ impl EngineSim {
         self.src().join(rel)
     }
 
+    /// Writes like an editor that saves atomically (temp file + rename).
+    /// An in-place write shows the file empty for a moment on the local
+    /// disk itself; podloop may copy that moment like any other reader (the
+    /// write's own event then sends the whole file), and the reader loop in
+    /// the pod would report it as partial although the transfer was whole.
     pub fn write(&self, rel: &str, content: &[u8]) -> PathBuf {
         let p = self.path(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, content).unwrap();
+        let tmp = self.workspace.join(".write-in-progress");
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
         p
     }
 
