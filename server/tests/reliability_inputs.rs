@@ -231,7 +231,10 @@ async fn forbidden_exec_names_the_rbac_rule_and_recovers_when_allowed() {
     h.sim.faults().clear();
     h.save("a.txt", b"a2");
     problems_until(&mut h, &file, |p| p.is_empty()).await;
-    assert_eq!(in_pod(&h, "api-1", b"/app/a.txt").as_deref(), Some(&b"a2"[..]));
+    assert_eq!(
+        in_pod(&h, "api-1", b"/app/a.txt").as_deref(),
+        Some(&b"a2"[..])
+    );
 }
 
 #[tokio::test]
@@ -354,9 +357,7 @@ async fn local_bad_inputs_each_get_their_message_and_nothing_stops() {
         .filter(|o| matches!(o, Output::Log { level: Level::Debug, text } if text.contains("notes.txt") && text.ends_with("outside every mapping")))
         .collect();
     assert_eq!(ignored.len(), 1, "{ignored:?}");
-    assert!(h
-        .problems_for(&vanished)
-        .is_none_or(|p| p.is_empty()));
+    assert!(h.problems_for(&vanished).is_none_or(|p| p.is_empty()));
     // Warnings only: the server is fine and keeps syncing.
     assert_ne!(s.health, Health::Error, "{s:?}");
     h.save("after.txt", b"still here");
@@ -390,7 +391,8 @@ async fn invalid_and_unreadable_config_files_are_problems_on_the_file() {
     std::fs::write(&config, "namespace = \"dev\"\n[[sync]\n").unwrap();
     h.engine.send(Input::ConfigChanged(config.clone()));
     let p = problems_until(&mut h, &config, |p| {
-        p.first().is_some_and(|p| p.message.contains("invalid TOML"))
+        p.first()
+            .is_some_and(|p| p.message.contains("invalid TOML"))
     })
     .await;
     assert_eq!(p[0].line, 1);
