@@ -145,42 +145,10 @@ pub fn wait_for<T>(
     }
 }
 
-/// The `podloop` binary of this build: `$PODLOOP_BIN`, else next to the
-/// test executable's target folder (built on demand when missing).
+/// The `podloop` binary of this build (`$PODLOOP_BIN` overrides), rebuilt
+/// when stale so the editors never run an old server.
 pub fn podloop_binary() -> PathBuf {
-    if let Some(explicit) = std::env::var_os("PODLOOP_BIN") {
-        return PathBuf::from(explicit);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test-binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let binary = profile_dir.join("podloop");
-    if !binary.is_file() {
-        let target_dir = profile_dir.parent().expect("target dir");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .current_dir(repo_root())
-            .args(["build", "-p", "podloop", "--bin", "podloop", "--target-dir"])
-            .arg(target_dir);
-        if profile_dir
-            .file_name()
-            .is_some_and(|name| name == "release")
-        {
-            build.arg("--release");
-        }
-        let built = run_with_deadline(build, Duration::from_secs(900));
-        assert!(
-            built.status.success() && binary.is_file(),
-            "could not build podloop at {}:\n{}",
-            binary.display(),
-            built.stderr
-        );
-    }
-    binary
+    podloop_e2e::workspace_binary("podloop")
 }
 
 /// A headless Neovim listening on a socket, driven the way a user's other
