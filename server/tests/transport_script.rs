@@ -652,6 +652,38 @@ impl SessionShell {
     }
 }
 
+impl SessionShell {
+    /// Sends a one-file batch on the fast path: raw bytes, then the nonce.
+    fn file(&mut self, root: &Path, path: &[u8], content: &[u8], cut: Option<usize>) -> Vec<u8> {
+        let nonce = format!("{:016x}", rand::random::<u64>());
+        let header = remote::session_file_header(
+            content.len() as u64,
+            &nonce,
+            root.to_str().unwrap(),
+            "",
+            path,
+        );
+        self.stdin.write_all(&header).unwrap();
+        let mut rest = content.to_vec();
+        rest.extend_from_slice(format!("{nonce}\n").as_bytes());
+        if let Some(at) = cut {
+            // The connection drops: stdin ends inside the batch.
+            self.stdin.write_all(&rest[..at]).unwrap();
+            let stdin = std::mem::replace(
+                &mut self.stdin,
+                std::process::ChildStdin::from(std::os::fd::OwnedFd::from(
+                    std::fs::File::open("/dev/null").unwrap(),
+                )),
+            );
+            drop(stdin);
+        } else {
+            self.stdin.write_all(&rest).unwrap();
+        }
+        self.stdin.flush().unwrap();
+        self.read_until(format!("E\0{nonce}\0").as_bytes())
+    }
+}
+
 fn staging_folders(root: &Path) -> Vec<String> {
     std::fs::read_dir(root)
         .map(|dir| {
@@ -811,4 +843,79 @@ async fn a_session_survives_an_unwritable_root_and_keeps_reading_in_step() {
         assert!(report.complete, "{shell:?}: {report:?}");
         assert_eq!(std::fs::read(root.join("big")).unwrap().len(), 300_000);
     }
+}
+
+#[test]
+fn one_saved_file_takes_the_fast_path_dd_and_mv_only() {
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("spawned");
+    let bin = counting_bin(scratch.path(), &log);
+    let root = scratch.path().join("app");
+    let mut session = SessionShell::start(Shell::Host, scratch.path(), Some(&bin));
+    let spawned = || {
+        let mut tools: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        tools.sort();
+        tools
+    };
+    // First save creates the root and a folder with a hostile name.
+    let deep = b"new $(dir)/it's\nodd.rs";
+    let report = remote::parse_deliver_output(&session.file(&root, deep, b"one\n", None)).unwrap();
+    assert!(report.complete && report.failed.is_empty(), "{report:?}");
+    assert_eq!(std::fs::read(root.join(os(deep))).unwrap(), b"one\n");
+    for i in 0..3 {
+        let _ = std::fs::remove_file(&log);
+        let content = format!("version {i}\n\n").into_bytes();
+        let out = session.file(&root, b"main.rs", &content, None);
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(report.complete && report.failed.is_empty(), "{report:?}");
+        assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), content);
+        let meta = std::fs::metadata(root.join("main.rs")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        assert_eq!(spawned(), ["dd", "mv"], "save {i}");
+    }
+    // Binary content and an empty file go the same way.
+    let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let report = remote::parse_deliver_output(&session.file(&root, b"bin", &binary, None)).unwrap();
+    assert!(report.complete);
+    assert_eq!(std::fs::read(root.join("bin")).unwrap(), binary);
+    let report = remote::parse_deliver_output(&session.file(&root, b"empty", b"", None)).unwrap();
+    assert!(report.complete);
+    assert_eq!(std::fs::read(root.join("empty")).unwrap(), b"");
+    // A folder where the file should go: refused, the session goes on.
+    std::fs::create_dir_all(root.join("blocked/inner")).unwrap();
+    let report =
+        remote::parse_deliver_output(&session.file(&root, b"blocked", b"x", None)).unwrap();
+    assert!(report.complete);
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(report.failed[0].0, b"blocked");
+    let report =
+        remote::parse_deliver_output(&session.file(&root, b"a-file/below", b"x", None)).unwrap();
+    assert_eq!(report.failed.len(), 0, "{report:?}");
+    let report =
+        remote::parse_deliver_output(&session.file(&root, b"main.rs/below", b"x", None)).unwrap();
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    // A cut inside the content or before the nonce line: nothing changes.
+    for cut in [3, 700] {
+        let before = std::fs::read(root.join("main.rs")).unwrap();
+        let mut session = SessionShell::start(Shell::Host, scratch.path(), Some(&bin));
+        let out = session.file(&root, b"main.rs", &[b'n'; 700], Some(cut));
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(
+            report.truncated.is_some() && !report.complete,
+            "cut {cut}: {report:?}"
+        );
+        assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), before);
+        let leftovers: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".podloop"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert!(session.child.wait().unwrap().success());
+    }
+    assert!(!root.join("PWNED").exists());
 }

@@ -43,6 +43,9 @@ pub struct Payload {
     /// Written into the completion marker `z`; the remote script applies the
     /// batch only when `z` holds exactly this.
     pub nonce: String,
+    /// When set, the pieces are this one file's raw bytes, no tar: the
+    /// session's one-file fast path (`remote::PUT_ONE`).
+    pub single_file: Option<Vec<u8>>,
     pub pieces: Vec<Piece>,
     pub len: u64,
     /// Entries left out because the local file could not be read.
@@ -222,6 +225,36 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
     )));
     payload.push(Piece::Bytes(tarstream::END_OF_ARCHIVE.to_vec()));
     Ok(payload)
+}
+
+/// The fast path of a warm session: a batch of exactly one regular,
+/// non-executable, readable file travels as its raw bytes. `None` for any
+/// other batch (it goes as a tar, see [`plan`]).
+pub fn plan_single(entries: &[UploadEntry]) -> Result<Option<Payload>, TransportError> {
+    let [entry] = entries else {
+        return Ok(None);
+    };
+    let UploadOp::Put {
+        local,
+        executable: false,
+    } = &entry.op
+    else {
+        return Ok(None);
+    };
+    check_relative(&entry.path)?;
+    let mut budget = INLINE_BUDGET;
+    let Ok(content) = read_local(local, &mut budget) else {
+        // The tar path reports the unreadable file.
+        return Ok(None);
+    };
+    let mut payload = Payload {
+        nonce: format!("{:016x}", rand::random::<u64>()),
+        single_file: Some(entry.path.clone()),
+        files: 1,
+        ..Payload::default()
+    };
+    payload.push(content);
+    Ok(Some(payload))
 }
 
 /// Lines `LETTER [FOLDER] WORD…`, split so that none grows past

@@ -117,11 +117,54 @@ while IFS= read -r line; do
 done <"$stage/l"
 cd -- "$home" 2>/dev/null || cd /
 rm -rf -- "$stage" "$stage.e"
-if [ -n "$reload" ]; then
-  out=$(sh -c "$reload" 2>&1 </dev/null); code=$?
+run_reload "$reload"
+}
+run_reload() {
+if [ -n "$1" ]; then
+  out=$(sh -c "$1" 2>&1 </dev/null); code=$?
   printf 'O\0%s\0R\0%s\0' "$out" "$code"
 fi
 return 0
+}
+"#;
+
+/// `put_one ROOT SIZE RELOAD NONCE PATH`, the session's fast path for the
+/// most common batch, one saved file: SIZE raw bytes follow on stdin (no
+/// tar), then the line `NONCE`. `dd` writes them to a temporary file next to
+/// the destination and `mv` renames it into place: two processes, both a
+/// bare fork in busybox. The trailing nonce is the completion marker: `dd`
+/// stops short only at the end of stdin, and then the line is missing, so a
+/// cut stream is never renamed into place. The file is created under umask
+/// 022 (mode 0644, as tar would set it); executables, links and deletes go
+/// through `apply`.
+const PUT_ONE: &str = r#"
+put_one() {
+root=$1 size=$2 reload=$3 nonce=$4 path=$5
+if [ ! -d "$root" ] && ! err=$(mkdir -p -- "$root" 2>&1); then
+  take "$size" >/dev/null; read -r got
+  printf 'S\0%s\0' "$err"; return 4
+fi
+dir=$root refused=
+case $path in */*) dir=$root/${path%/*} ;; esac
+if [ ! -d "$dir" ] && ! refused=$(mkdir -p -- "$dir" 2>&1); then dir=$root; fi
+tmp=$dir/.podloop-$nonce
+umask 022
+if ! { : >"$tmp"; } 2>/dev/null; then
+  err=$({ : >"$tmp"; } 2>&1); umask "$mask"
+  take "$size" >/dev/null; read -r got
+  printf 'S\0%s\0' "$err"; return 4
+fi
+umask "$mask"
+take "$size" >"$tmp"
+if ! read -r got || [ "$got" != "$nonce" ]; then
+  rm -f -- "$tmp"; printf 'T\0%s\0' "the stream ended inside the file"; return 5
+fi
+if [ -n "$refused" ]; then
+  rm -f -- "$tmp"; printf 'F\0%s\0%s\0' "$path" "$refused"
+elif ! mv -f -T -- "$tmp" "$root/$path" 2>/dev/null; then
+  err=$(mv -f -T -- "$tmp" "$root/$path" 2>&1) || { rm -f -- "$tmp"; printf 'F\0%s\0%s\0' "$path" "$err"; }
+fi
+run_reload "$reload"
 }
 "#;
 
@@ -140,16 +183,23 @@ exit "$code"
 /// A warm session: a long-lived `sh` that applies batch after batch from
 /// stdin, so a save costs one round trip instead of a new connection, TLS
 /// handshake and process. Each batch is one header line
-/// `TARSIZE NONCE 'ROOT' 'RELOAD'` (root and reload as [`sh_word`]s), then
-/// the tar, exactly that long; the answer is the usual records followed by
-/// `E\0NONCE\0` (the nonce makes the end marker unforgeable by a name).
+/// `KIND SIZE NONCE 'ROOT' 'RELOAD' ['PATH']` (words as [`sh_word`]s): kind
+/// `T` is followed by a tar of SIZE bytes for `apply`, kind `F` by one
+/// file's SIZE bytes and a line with the nonce for `put_one`. The answer is
+/// the usual records followed by `E\0NONCE\0` (the nonce makes the end
+/// marker unforgeable by a name).
 pub fn session_script() -> String {
     format!(
-        "{PRELUDE}{APPLY}\n{}",
-        r#"printf 'H\0'
-while IFS=' ' read -r size nonce rest; do
+        "{PRELUDE}{APPLY}{PUT_ONE}\n{}",
+        r#"mask=$(umask)
+printf 'H\0'
+while IFS=' ' read -r kind size nonce rest; do
   eval "set -- $rest"
-  if apply "$1" "$size" "$2" "$nonce"; then
+  case $kind in
+    F) put_one "$1" "$size" "$2" "$nonce" "$3" ;;
+    *) apply "$1" "$size" "$2" "$nonce" ;;
+  esac
+  if [ $? = 0 ]; then
     printf 'K\0E\0%s\0' "$nonce"
   else
     printf 'E\0%s\0' "$nonce"
@@ -159,12 +209,31 @@ done
     )
 }
 
-/// The line that starts a batch in a session (see [`session_script`]).
+/// The line that starts a tar batch in a session (see [`session_script`]).
 pub fn session_header(tar_len: u64, nonce: &str, root: &str, reload: &str) -> Vec<u8> {
-    let mut header = format!("{tar_len} {nonce} ").into_bytes();
+    let mut header = format!("T {tar_len} {nonce} ").into_bytes();
     header.extend_from_slice(&sh_word(root.as_bytes()));
     header.push(b' ');
     header.extend_from_slice(&sh_word(reload.as_bytes()));
+    header.push(b'\n');
+    header
+}
+
+/// The line that starts a one-file batch in a session: `size` raw bytes of
+/// the file at `path` (relative to `root`) follow, then the line `nonce`.
+pub fn session_file_header(
+    size: u64,
+    nonce: &str,
+    root: &str,
+    reload: &str,
+    path: &[u8],
+) -> Vec<u8> {
+    let mut header = format!("F {size} {nonce} ").into_bytes();
+    for word in [root.as_bytes(), reload.as_bytes(), path] {
+        header.extend_from_slice(&sh_word(word));
+        header.push(b' ');
+    }
+    header.pop();
     header.push(b'\n');
     header
 }

@@ -91,10 +91,17 @@ impl Session {
     ) -> Result<DeliverOutcome, TransportError> {
         let reload = upload.reload.as_deref().unwrap_or("");
         let nonce = &plan.nonce;
-        let header = remote::session_header(plan.len, nonce, root, reload);
-        // Header and tar go out together: a small batch is one WebSocket frame.
+        let header = match &plan.single_file {
+            Some(path) => remote::session_file_header(plan.len, nonce, root, reload, path),
+            None => remote::session_header(plan.len, nonce, root, reload),
+        };
+        // Header, content and trailer go out together: a small batch is one
+        // WebSocket frame.
         self.exec.write(&header).await?;
         payload::stream(&plan.pieces, &mut self.exec).await?;
+        if plan.single_file.is_some() {
+            self.exec.write(format!("{nonce}\n").as_bytes()).await?;
+        }
         self.exec.flush().await?;
         let end = format!("E\0{nonce}\0").into_bytes();
         let mut stdout = Vec::new();
@@ -194,7 +201,10 @@ impl SessionPool {
             }
         }
         let session = guard.as_mut().expect("opened above");
-        let plan = payload::plan(&upload.entries)?;
+        let plan = match payload::plan_single(&upload.entries)? {
+            Some(single) => single,
+            None => payload::plan(&upload.entries)?,
+        };
         match session.deliver(target, &root, &upload, &plan).await {
             Ok(outcome) => Ok(outcome),
             Err(e @ (TransportError::Partial { .. } | TransportError::MissingTool { .. })) => {
