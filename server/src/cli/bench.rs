@@ -738,7 +738,7 @@ async fn replacement(env: &Env, report: &mut Report) -> anyhow::Result<()> {
     let rel = |i: usize| format!("tree/d{:03}/f{i:05}.txt", i % folders);
     let original = |i: usize| format!("original file {i}\n{}", "x".repeat(1000));
     let changed = |i: usize| format!("changed locally {i}\n{}", "y".repeat(4000));
-    let is_changed = |i: usize| i % (s.tree_files / s.changed_files).max(1) == 0;
+    let is_changed = |i: usize| i.is_multiple_of((s.tree_files / s.changed_files).max(1));
     let mut template = pod("tree-0", "tree");
     let mut changed_rel = Vec::new();
     let mut changed_bytes = 0u64;
