@@ -172,15 +172,13 @@ impl Cluster for Fake {
             let path = entry.path.as_bytes().to_vec();
             let name = String::from_utf8_lossy(&path).into_owned();
             match &entry.op {
-                Op::Put {
-                    local, executable, ..
-                } => {
+                Op::Put { local, mode, .. } => {
                     let content = std::fs::read(local).map_err(|e| {
                         ClusterError::Permanent(format!("cannot read {}: {e}", local.display()))
                     })?;
                     bytes += content.len() as u64;
                     recorded.entries.push((name, Some(content.clone())));
-                    files.insert(path, Remote::File(content, *executable));
+                    files.insert(path, Remote::File(content, mode & 0o111 != 0));
                 }
                 Op::Symlink { target } => {
                     recorded.entries.push((name, None));

@@ -87,7 +87,7 @@ impl<'a> BatchBuilder<'a> {
             op: Op::Put {
                 local: file,
                 size: content.len() as u64,
-                executable,
+                mode: if executable { 0o755 } else { 0o644 },
             },
         });
         self

@@ -145,7 +145,10 @@ impl Local {
         std::fs::write(&local, content).unwrap();
         self.entries.push(UploadEntry {
             path: rel.to_vec(),
-            op: UploadOp::Put { local, executable },
+            op: UploadOp::Put {
+                local,
+                mode: if executable { 0o755 } else { 0o644 },
+            },
         });
     }
     fn link(&mut self, rel: &[u8], target: &[u8]) {

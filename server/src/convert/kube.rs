@@ -161,9 +161,7 @@ fn upload_entry(entry: Entry) -> UploadEntry {
     UploadEntry {
         path: entry.path.0,
         op: match entry.op {
-            Op::Put {
-                local, executable, ..
-            } => UploadOp::Put { local, executable },
+            Op::Put { local, mode, .. } => UploadOp::Put { local, mode },
             Op::Symlink { target } => UploadOp::Symlink { target },
             Op::Delete => UploadOp::Delete,
         },

@@ -262,7 +262,9 @@ pub enum Op {
     Put {
         local: PathBuf,
         size: u64,
-        executable: bool,
+        /// Permission bits (`0o7777`), carried as they are locally, as
+        /// `kubectl cp` does: a 0600 key stays 0600 in the container.
+        mode: u32,
     },
     Symlink {
         target: Vec<u8>,

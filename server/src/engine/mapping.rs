@@ -82,7 +82,8 @@ impl RelPath {
 pub enum LocalKind {
     File {
         size: u64,
-        executable: bool,
+        /// Permission bits (`0o7777`).
+        mode: u32,
     },
     Symlink(Vec<u8>),
     Dir,
@@ -250,7 +251,7 @@ pub fn inspect(path: &Path) -> std::io::Result<LocalKind> {
     } else if ft.is_file() {
         LocalKind::File {
             size: meta.len(),
-            executable: meta.permissions().mode() & 0o111 != 0,
+            mode: meta.permissions().mode() & 0o7777,
         }
     } else {
         LocalKind::Other

@@ -260,7 +260,8 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                 });
                 p.after.push((rel, held));
             }
-            LocalKind::File { size, executable } => {
+            LocalKind::File { size, mode } => {
+                let executable = mode & 0o111 != 0;
                 if size > m.max_file_size {
                     p.notes.push((rel, Note::TooLarge(size)));
                     continue;
@@ -336,7 +337,7 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                     op: Op::Put {
                         local: local_path,
                         size,
-                        executable,
+                        mode,
                     },
                 });
                 p.after.push((rel, held));

@@ -12,8 +12,14 @@ use super::tarstream::{self, HeaderKind};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UploadOp {
-    Put { local: PathBuf, executable: bool },
-    Symlink { target: Vec<u8> },
+    /// `mode`: permission bits (`0o7777`) for the tar header.
+    Put {
+        local: PathBuf,
+        mode: u32,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
     Delete,
 }
 
@@ -166,8 +172,8 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
                     target,
                 )));
             }
-            UploadOp::Put { local, executable } => {
-                let mode = if *executable { 0o755 } else { 0o644 };
+            UploadOp::Put { local, mode } => {
+                let mode = *mode;
                 let content = match read_local(local, &mut inline_left) {
                     Ok(content) => content,
                     Err(reason) => {
@@ -228,17 +234,15 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
 }
 
 /// The fast path of a warm session: a batch of exactly one regular,
-/// non-executable, readable file travels as its raw bytes. `None` for any
+/// readable file of mode 0644 travels as its raw bytes. `None` for any
 /// other batch (it goes as a tar, see [`plan`]).
 pub fn plan_single(entries: &[UploadEntry]) -> Result<Option<Payload>, TransportError> {
     let [entry] = entries else {
         return Ok(None);
     };
-    let UploadOp::Put {
-        local,
-        executable: false,
-    } = &entry.op
-    else {
+    // The raw-bytes path creates the file under umask 022: only a 0644 file
+    // keeps its mode that way.
+    let UploadOp::Put { local, mode: 0o644 } = &entry.op else {
         return Ok(None);
     };
     check_relative(&entry.path)?;
