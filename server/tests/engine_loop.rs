@@ -1003,3 +1003,30 @@ async fn a_folder_deleted_refilled_and_deleted_again_is_deleted_in_the_pod() {
         "the second delete was skipped"
     );
 }
+
+#[tokio::test]
+async fn a_file_caught_mid_write_is_sent_again_without_a_warning_or_a_disconnect() {
+    let mut h = Harness::new(&["p1"]).await;
+    h.quiescent().await;
+    h.fake.fail_next(ClusterError::LocalChanged(
+        "`a.txt` changed while it was being sent (size 0, now 1)".into(),
+    ));
+    h.save("a.txt", "a");
+    let s = h.quiescent().await;
+    assert_eq!(s.health, Health::Ok, "{s:?}");
+    assert_eq!(content(h.fake.file("p1", "a.txt")), "a");
+    h.drain();
+    for out in &h.seen {
+        match out {
+            Output::Status(s) => assert_ne!(s.state, EngineState::Disconnected, "{s:?}"),
+            Output::FileProblems { problems, .. } => {
+                assert!(
+                    problems.is_empty(),
+                    "an editor's own write is not a problem: {problems:?}"
+                )
+            }
+            Output::Message { text, .. } => panic!("no pop-up for a local write: {text}"),
+            _ => {}
+        }
+    }
+}

@@ -107,6 +107,7 @@ pub fn cluster_error(error: TransportError) -> ClusterError {
                 .map(|(path, reason)| (RelPath(path), reason))
                 .collect(),
         },
+        e @ TransportError::LocalChanged { .. } => ClusterError::LocalChanged(e.to_string()),
         e if e.is_transient() => ClusterError::Transient(e.to_string()),
         e => ClusterError::Permanent(e.to_string()),
     }

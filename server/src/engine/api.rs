@@ -331,6 +331,10 @@ pub enum ClusterError {
     /// permission denied, no such container): report and wait for a change.
     #[error("{0}")]
     Permanent(String),
+    /// A local file changed while it was being streamed (the editor was
+    /// still writing it); nothing was applied. Send again, without backoff.
+    #[error("{0}")]
+    LocalChanged(String),
     /// Some entries were refused by the container; the rest landed.
     #[error("{message}")]
     Partial {

@@ -27,6 +27,9 @@ const SLOW_BATCH: Duration = Duration::from_secs(1);
 /// of sight.
 const RETRY_BASE: Duration = Duration::from_millis(150);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// How long to let a local write finish before re-sending a batch that
+/// caught a file mid-write.
+const LOCAL_WRITE_SETTLE: Duration = Duration::from_millis(20);
 
 type MappingId = u64;
 
@@ -141,6 +144,24 @@ struct Tracked {
 }
 
 impl Tracked {
+    /// Puts an unfinished batch's work back, to coalesce with whatever
+    /// arrived meanwhile: nothing is lost.
+    fn requeue(&mut self, inflight: &mut InFlight) {
+        self.pending.extend(inflight.paths.iter().cloned());
+        self.reload_requested |= inflight.reload;
+        match inflight.kind {
+            BatchKind::FullSync => self
+                .full_sync
+                .get_or_insert_with(Vec::new)
+                .append(&mut inflight.waiters),
+            BatchKind::Check => self
+                .full_check
+                .get_or_insert_with(Vec::new)
+                .append(&mut inflight.waiters),
+            BatchKind::Changes => {}
+        }
+    }
+
     fn new(target: Target) -> Self {
         Tracked {
             target,
@@ -1293,6 +1314,18 @@ impl<C: Cluster> MainLoop<C> {
                 delivered = true;
                 report_failure = Some(message.clone());
             }
+            Err(ClusterError::LocalChanged(reason)) => {
+                // The editor (or a generator) was still writing the file: no
+                // fault of the cluster's, so no backoff, no warning, no
+                // `disconnected`. Send again once the write has settled.
+                t.requeue(&mut inflight);
+                self.log(
+                    Level::Debug,
+                    format!("{} → {pod}: {reason}; sending again", info.name),
+                );
+                self.wake_at(Instant::now() + LOCAL_WRITE_SETTLE);
+                return;
+            }
             Err(ClusterError::Transient(reason)) => {
                 let attempt = t.retry.as_ref().map(|r| r.attempt + 1).unwrap_or(0);
                 let delay = backoff(attempt);
@@ -1303,21 +1336,7 @@ impl<C: Cluster> MainLoop<C> {
                     reason: reason.clone(),
                 });
                 t.error = Some(reason.clone());
-                // Nothing is lost: the batch's paths go back to pending and
-                // coalesce with whatever arrived meanwhile.
-                t.pending.extend(inflight.paths.iter().cloned());
-                t.reload_requested |= inflight.reload;
-                match inflight.kind {
-                    BatchKind::FullSync => t
-                        .full_sync
-                        .get_or_insert_with(Vec::new)
-                        .append(&mut inflight.waiters),
-                    BatchKind::Check => t
-                        .full_check
-                        .get_or_insert_with(Vec::new)
-                        .append(&mut inflight.waiters),
-                    BatchKind::Changes => {}
-                }
+                t.requeue(&mut inflight);
                 let at = Instant::now() + delay;
                 // The save is not lost, but the user must see it has not
                 // landed yet: a warning on each waiting file, replaced by
