@@ -7,7 +7,6 @@
 //! (watched with inotify, read back and compared). Each baseline runs the
 //! real `kubectl cp` in the same run, against the same pods.
 
-mod lsp_client;
 mod proxy;
 
 use std::collections::HashSet;
@@ -20,7 +19,7 @@ use kubesim::{Image, PodTemplate, Sim, SimOptions};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use lsp_client::{file_uri, LspClient};
+use super::lsp_client::{file_uri, LspClient};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -401,7 +400,7 @@ fn in_pod(env: &Env, pod: &str, rel: &str) -> anyhow::Result<PathBuf> {
 async fn start_server(ws: &Path, kubeconfig: &Path, targets: usize) -> anyhow::Result<LspClient> {
     let log = ws.join("server.log");
     let mut client = LspClient::spawn(ws, kubeconfig, &log)?;
-    client.initialize(ws).await?;
+    client.initialize(ws, "bench").await?;
     client
         .wait_for_status(Duration::from_secs(120), "every target synced", |s| {
             let list = s["targets"].as_array().cloned().unwrap_or_default();

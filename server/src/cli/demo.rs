@@ -4,7 +4,6 @@
 //! shows both replicas answer with the new content, and how long it took.
 
 pub mod app;
-mod lsp_client;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,7 +16,7 @@ use kubesim::{Image, PodTemplate, Sim, SimOptions};
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
-use lsp_client::{file_uri, LspClient};
+use super::lsp_client::{file_uri, LspClient};
 
 pub use app::DemoAppArgs;
 
@@ -224,7 +223,7 @@ async fn run(args: &DemoArgs, slot: &mut Option<Demo>) -> anyhow::Result<()> {
     step("starting `podloop lsp` with a scripted editor");
     let log = demo.dir.path().join("podloop-lsp.log");
     let mut client = LspClient::spawn(&demo.workspace, &demo.kubeconfig, &log)?;
-    client.initialize(&demo.workspace).await?;
+    client.initialize(&demo.workspace, "demo").await?;
     client
         .wait_for_status(STARTUP_TIMEOUT, "both replicas as targets", |s| {
             s["targets"].as_array().is_some_and(|t| {

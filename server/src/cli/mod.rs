@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod demo;
 pub mod doctor;
+mod lsp_client;
 mod render;
 
 use std::collections::BTreeMap;

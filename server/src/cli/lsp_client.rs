@@ -1,4 +1,4 @@
-//! The bench's scripted editor: a minimal LSP client that drives the real
+//! The scripted editor of `podloop demo` and `podloop bench`: a minimal LSP client that drives the real
 //! `podloop lsp` binary over stdio, exactly as VS Code or Neovim would.
 //!
 //! It lives outside `lsp/` on purpose: it is a client of the server, and
@@ -97,15 +97,16 @@ impl LspClient {
         Ok(response["result"].clone())
     }
 
-    pub async fn initialize(&mut self, root: &Path) -> anyhow::Result<()> {
+    /// `client` names the caller ("demo", "bench") in the server's log.
+    pub async fn initialize(&mut self, root: &Path, client: &str) -> anyhow::Result<()> {
         let uri = file_uri(root)?;
         self.request(
             "initialize",
             json!({
                 "processId": std::process::id(),
-                "clientInfo": {"name": "podloop bench"},
+                "clientInfo": {"name": format!("podloop {client}")},
                 "rootUri": uri,
-                "workspaceFolders": [{"uri": uri, "name": "bench"}],
+                "workspaceFolders": [{"uri": uri, "name": client}],
                 // Like VS Code: the client watches files, so the server
                 // does not start its own watcher and the save is what syncs.
                 "capabilities": {
@@ -216,7 +217,7 @@ async fn read_messages(
         let is_request = message.get("method").is_some();
         match (id, is_request) {
             // A request from the server (registerCapability, ...): an editor
-            // accepts them; so does the bench.
+            // accepts them; so does this client.
             (Some(id), true) => {
                 let _ = outgoing.send(json!({"jsonrpc": "2.0", "id": id, "result": null}));
             }
