@@ -34,6 +34,11 @@ pub struct BenchArgs {
     /// when installed, else `kubectl` on PATH).
     #[arg(long)]
     pub kubectl: Option<PathBuf>,
+    /// Run only these scenarios (comma-separated JSON keys, e.g.
+    /// `single_save,fan_out`); fan-out compares with single_save's p50 only
+    /// when both run.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 /// How much each scenario does.
@@ -193,6 +198,16 @@ struct Env {
 
 async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
     let sizes = if args.quick { QUICK } else { FULL };
+    if let Some(unknown) = args
+        .only
+        .iter()
+        .find(|o| !SCENARIOS.iter().any(|(key, _)| key == o))
+    {
+        bail!(
+            "unknown scenario `{unknown}` in --only: choose from {}",
+            SCENARIOS.map(|(key, _)| key).join(", ")
+        );
+    }
     let kubectl = args.kubectl.clone().unwrap_or_else(default_kubectl);
     let dir = tempfile::Builder::new()
         .prefix("podloop-bench-")
@@ -216,6 +231,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<u8> {
     let mut reports = Vec::new();
     let mut single_p50 = None;
     for (key, title) in SCENARIOS {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == key) {
+            continue;
+        }
         eprintln!("running {title} …");
         let mut report = Report::new(key, title);
         let result = match key {
@@ -369,12 +387,17 @@ fn human(v: f64, unit: &str) -> String {
 /// A workspace with a `podloop.toml` mapping `src/` to `/app` of the pods
 /// labelled `app=LABEL`.
 fn workspace(env: &Env, label: &str) -> anyhow::Result<PathBuf> {
+    workspace_with(env, label, "")
+}
+
+/// [`workspace`] with extra top-level keys.
+fn workspace_with(env: &Env, label: &str, top: &str) -> anyhow::Result<PathBuf> {
     let ws = env.dir.path().join(format!("ws-{label}"));
     std::fs::create_dir_all(ws.join("src"))?;
     std::fs::write(
         ws.join("podloop.toml"),
         format!(
-            "namespace = \"default\"\n\n[[sync]]\nname = \"{label}\"\nlocal = \"src\"\nremote = \"{REMOTE_ROOT}\"\nselector = \"app={label}\"\ncontainer = \"{CONTAINER}\"\n"
+            "namespace = \"default\"\n{top}\n[[sync]]\nname = \"{label}\"\nlocal = \"src\"\nremote = \"{REMOTE_ROOT}\"\nselector = \"app={label}\"\ncontainer = \"{CONTAINER}\"\n"
         ),
     )?;
     Ok(ws)
@@ -523,6 +546,12 @@ async fn timed_saves(
     Ok(samples)
 }
 
+/// The server's CPU time per save since `before`.
+fn cpu_used(client: &LspClient, before: Option<Duration>, saves: usize) -> Option<Duration> {
+    let after = client.pid().and_then(cpu_time)?;
+    Some(after.saturating_sub(before?) / saves.max(1) as u32)
+}
+
 fn latency_figures(report: &mut Report, samples: &[Duration]) {
     report.figure("saves", samples.len() as f64, "");
     report.figure("p50", ms(percentile(samples, 0.5)), "ms");
@@ -589,6 +618,18 @@ async fn kubectl_p50(
     Ok(percentile(&samples, 0.5))
 }
 
+/// CPU time (user + system) the process has used so far.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces, in parentheses.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
 fn rss_kib(pid: u32, key: &str) -> Option<u64> {
     proc_kib(&format!("/proc/{pid}/status"), key)
 }
@@ -608,9 +649,14 @@ async fn single_save(env: &Env, report: &mut Report) -> anyhow::Result<Duration>
     let idle_rss = client.pid().and_then(|p| rss_kib(p, "VmRSS:"));
     let pod_file = in_pod(env, "single-0", "main.rs")?;
     let mut waiter = DiskWaiter::new(&[pod_file.parent().unwrap().to_path_buf()])?;
+    let cpu_before = client.pid().and_then(cpu_time);
     let samples = timed_saves(&client, &file, &[pod_file], &mut waiter, s.warmup, s.saves).await?;
+    let cpu = cpu_used(&client, cpu_before, s.warmup + s.saves);
     client.stop().await?;
     latency_figures(report, &samples);
+    if let Some(per_save) = cpu {
+        report.figure("server CPU per save", ms(per_save), "ms");
+    }
     if let Some(kib) = idle_rss {
         report.figure("server idle RSS", kib as f64 * 1024.0, "B");
     }
@@ -972,7 +1018,8 @@ async fn remote(env: &Env, report: &mut Report) -> anyhow::Result<()> {
 async fn big_file(env: &Env, report: &mut Report) -> anyhow::Result<()> {
     let s = env.sizes;
     env.sim.create_pod(pod("big-0", "big")).await?;
-    let ws = workspace(env, "big")?;
+    // The default `max_file_size` (100 MiB) would skip the file.
+    let ws = workspace_with(env, "big", "max_file_size = \"1GiB\"")?;
     std::fs::write(ws.join("src/small.txt"), b"small\n")?;
     let kubeconfig = env.sim.kubeconfig_path();
     let mut client = start_server(&ws, &kubeconfig, 1).await?;
