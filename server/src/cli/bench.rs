@@ -343,8 +343,15 @@ fn print_table(reports: &[Report], quick: bool) {
         if !r.baseline.is_empty() {
             println!("  kubectl cp: {}", line(&r.baseline));
         }
-        if let Some(ratio) = r.ratio {
-            println!("  ratio:      podloop is {ratio:.1}× faster");
+        match r.ratio {
+            Some(ratio) if ratio >= 1.0 => {
+                println!("  ratio:      podloop is {ratio:.1}× faster than kubectl cp")
+            }
+            Some(ratio) => println!(
+                "  ratio:      podloop is {:.1}× SLOWER than kubectl cp",
+                1.0 / ratio.max(1e-9)
+            ),
+            None => {}
         }
         for (t, met) in &r.targets {
             println!(
@@ -896,6 +903,7 @@ async fn fan_out(
         .map(|p| p.parent().unwrap().to_path_buf())
         .collect();
     let mut waiter = DiskWaiter::new(&dirs)?;
+    let cpu_before = client.pid().and_then(cpu_time);
     let samples = timed_saves(
         &client,
         &file,
@@ -905,9 +913,13 @@ async fn fan_out(
         s.fan_saves,
     )
     .await?;
+    let cpu = cpu_used(&client, cpu_before, s.warmup + s.fan_saves);
     client.stop().await?;
     report.figure("replicas", s.replicas as f64, "");
     latency_figures(report, &samples);
+    if let Some(per_save) = cpu {
+        report.figure("server CPU per save", ms(per_save), "ms");
+    }
     let p50 = percentile(&samples, 0.5);
     // Baseline: one `kubectl cp` per replica, one after the other.
     let scratch = env.dir.path().join("kubectl-fan.rs");
