@@ -20,6 +20,7 @@ use crate::engine::config::Config;
 use crate::engine::PodSelector;
 use crate::transport::error::write_failure_hint;
 use crate::transport::exec::{Exec, ExitStatus};
+use crate::transport::remote::CONTAINER_TOOLS;
 use crate::transport::{
     pods, ContainerRef, ContextClient, KubeOptions, PodMatch, PodQuery, TransportError,
 };
@@ -396,9 +397,8 @@ async fn rbac(client: &ContextClient, namespace: &str, timeout: Duration) -> Rba
 /// whether the reload command's program exists. Records are NUL-separated
 /// so that any folder name comes back intact.
 const PROBE_SCRIPT: &str = r#"
-root=$1 reload=$2 nonce=$3
-# The tools the delivery script needs (transport/remote.rs).
-for tool in tar find xargs mv rm mkdir; do
+root=$1 reload=$2 nonce=$3 tools=$4
+for tool in $tools; do
   command -v "$tool" >/dev/null 2>&1 || printf 'M\0%s\0' "$tool"
 done
 command -v dd >/dev/null 2>&1 || command -v head >/dev/null 2>&1 || printf 'M\0dd\0'
@@ -481,6 +481,7 @@ async fn probe_container(
         remote.to_string(),
         reload.unwrap_or("").to_string(),
         format!("{:016x}", rand::random::<u64>()),
+        CONTAINER_TOOLS.to_string(),
     ];
     let run = async {
         let exec = Exec::open(client, target, argv).await?;

@@ -21,13 +21,32 @@
 /// apart from 126/127, which mean the exec could not start `sh` itself.
 pub const EXIT_MISSING_TOOL: i32 = 3;
 
+// The tools each script checks for, in one place: `podloop doctor` probes
+// for the same ones (`CONTAINER_TOOLS`) instead of keeping its own list.
+macro_rules! delivery_tools {
+    () => {
+        "tar mv rm mkdir"
+    };
+}
+macro_rules! manifest_tools {
+    () => {
+        "find xargs stat sha256sum"
+    };
+}
+
+/// Every tool delivery and manifests need, besides `dd` or `head`.
+pub const CONTAINER_TOOLS: &str = concat!(delivery_tools!(), " ", manifest_tools!());
+
 /// `dd iflag=count_bytes,fullblock` reads exactly `$1` bytes (busybox
 /// `head -c` over-reads a pipe), so the same code serves a warm session
 /// where the next batch follows on stdin. Images without `dd` fall back to
 /// `head -c`, exact in GNU coreutils, and harmless in a one-shot exec.
 /// `nl` lets a quoted word in a one-line record carry a newline.
-const PRELUDE: &str = r#"
-for tool in tar mv rm mkdir; do
+const PRELUDE: &str = concat!(
+    r#"
+for tool in "#,
+    delivery_tools!(),
+    r#"; do
   command -v "$tool" >/dev/null 2>&1 || { printf 'M\0%s\0' "$tool"; exit 3; }
 done
 if command -v dd >/dev/null 2>&1; then
@@ -40,7 +59,8 @@ fi
 nl='
 '
 home=$PWD
-"#;
+"#
+);
 
 /// `apply ROOT SIZE RELOAD NONCE`: reads SIZE bytes of tar from stdin and
 /// applies them; nothing else reads stdin, so a session can go on reading
@@ -262,14 +282,18 @@ pub fn sh_word(bytes: &[u8]) -> Vec<u8> {
 /// `sha256sum` lines, which the parser matches against the names it already
 /// knows: that is what makes names with newlines safe (busybox prints them
 /// raw, GNU escapes them).
-pub const MANIFEST_SCRIPT: &str = r#"
+pub const MANIFEST_SCRIPT: &str = concat!(
+    r#"
 cd "$1" 2>/dev/null || { printf 'N\0'; exit 0; }
-for tool in find xargs stat sha256sum; do
+for tool in "#,
+    manifest_tools!(),
+    r#"; do
   command -v "$tool" >/dev/null 2>&1 || { printf 'M\0%s\0' "$tool"; exit 3; }
 done
 find . -path './.podloop-stage-*' -prune -o -type f -print0 </dev/null |
   xargs -0 -r sh -c 'printf "C\0%s\0" "$#"; for f; do printf "%s\0" "$f"; done; stat -c "%s %a" -- "$@" && sha256sum -- "$@"' podloop-manifest
-"#;
+"#
+);
 
 /// What the deliver script reported.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
