@@ -18,6 +18,7 @@ mod server;
 mod sim;
 mod template;
 mod tls;
+mod volumes;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -34,7 +35,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::{CutMode, Faults};
 pub use sim::{ExecRecord, PodRef, ReplaceOrder};
-pub use template::{ContainerTemplate, Image, PodTemplate};
+pub use template::{ContainerTemplate, EmptyDir, Image, PodTemplate, Volume, VolumeMount};
 
 use server::ConnInfo;
 use sim::Inner;
@@ -245,6 +246,19 @@ impl Sim {
         path: &str,
     ) -> std::io::Result<Vec<u8>> {
         self.inner.read_file(namespace, pod, container, path)
+    }
+
+    /// Runs `command` in a running container (joining its namespaces, as its user), without
+    /// going through the API; returns its exit status, stdout and stderr.
+    pub async fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        command: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
+        let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        self.inner.exec(namespace, pod, container, &command).await
     }
 
     /// Restart count of a container, as `containerStatuses[].restartCount` reports it.

@@ -18,7 +18,9 @@ pub const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/
 const INIT_SCRIPT: &str = r#"set -e
 root="$1"; command="$2"; readonly_root="$3"; userspec="$4"
 if [ "$readonly_root" = 1 ]; then
-  mount --bind "$root" "$root"
+  # --rbind carries the volumes mounted under the root along, writable, as a
+  # readOnlyRootFilesystem pod keeps its emptyDirs writable.
+  mount --rbind "$root" "$root"
   mount -o remount,bind,ro "$root"
   mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 fi

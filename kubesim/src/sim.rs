@@ -16,6 +16,7 @@ use crate::faults::Faults;
 use crate::image;
 use crate::runtime::{self, DEFAULT_COMMAND};
 use crate::template::{Image, PodTemplate};
+use crate::volumes;
 
 /// Events kept for watches that resume from a resourceVersion; older ones answer 410 Expired.
 const HISTORY_LIMIT: usize = 10_000;
@@ -158,6 +159,8 @@ pub(crate) struct Inner {
     /// `unshare` processes alive: killing one tears its pid namespace down.
     pub processes: Mutex<HashSet<u32>>,
     pub tasks: Mutex<Vec<AbortHandle>>,
+    /// Volume mount points in kubesim's mount namespace, by pod uid, in the order mounted.
+    pub mounts: Mutex<BTreeMap<String, Vec<PathBuf>>>,
 }
 
 fn now() -> DateTime<Utc> {
@@ -221,8 +224,9 @@ pub(crate) fn render_pod(pod: &PodState) -> Value {
     let containers: Vec<Value> = pod
         .containers
         .iter()
-        .map(|c| {
-            json!({
+        .zip(&pod.template.containers)
+        .map(|(c, t)| {
+            let mut container = json!({
                 "name": c.name,
                 "image": c.image.reference(),
                 "command": ["/bin/sh", "-c", c.command],
@@ -230,7 +234,11 @@ pub(crate) fn render_pod(pod: &PodState) -> Value {
                 "resources": {},
                 "terminationMessagePath": "/dev/termination-log",
                 "terminationMessagePolicy": "File",
-            })
+            });
+            if !t.volume_mounts.is_empty() {
+                container["volumeMounts"] = json!(t.volume_mounts);
+            }
+            container
         })
         .collect();
     let ready = pod.is_ready();
@@ -275,7 +283,7 @@ pub(crate) fn render_pod(pod: &PodState) -> Value {
         .collect();
     let condition = |kind: &str, ok: bool, at: &DateTime<Utc>| json!({"type": kind, "status": if ok { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": timestamp(at)});
     let containers_ready = pod.containers_ready();
-    json!({
+    let mut rendered = json!({
         "kind": "Pod",
         "apiVersion": "v1",
         "metadata": metadata,
@@ -310,7 +318,11 @@ pub(crate) fn render_pod(pod: &PodState) -> Value {
             "containerStatuses": container_statuses,
             "qosClass": "BestEffort",
         }
-    })
+    });
+    if !pod.template.volumes.is_empty() {
+        rendered["spec"]["volumes"] = json!(pod.template.volumes);
+    }
+    rendered
 }
 
 impl State {
@@ -367,6 +379,7 @@ impl Inner {
             exec_log: Mutex::new(Vec::new()),
             processes: Mutex::new(HashSet::new()),
             tasks: Mutex::new(Vec::new()),
+            mounts: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -434,6 +447,7 @@ impl Inner {
                 bail!("image `{}` needs /bin/busybox: run `apt-get install -y busybox-static`, or use image `host`", c.image.as_str());
             }
         }
+        volumes::validate(&template)?;
         if !valid_dns_label(&template.namespace) {
             bail!(
                 "namespace `{}` is not a valid DNS label",
@@ -521,12 +535,22 @@ impl Inner {
         let build = {
             let template = template.clone();
             let pod_dir = pod_dir.clone();
+            let inner = self.clone();
+            let uid = uid.clone();
             tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                 for c in &template.containers {
                     let cdir = pod_dir.join("containers").join(&c.name);
                     image::build_root(&cdir.join("root"), c)?;
                 }
-                Ok(())
+                volumes::mount_all(&pod_dir, &template, |mount_point| {
+                    inner
+                        .mounts
+                        .lock()
+                        .unwrap()
+                        .entry(uid.clone())
+                        .or_default()
+                        .push(mount_point)
+                })
             })
             .await
         };
@@ -599,6 +623,10 @@ impl Inner {
         drop(state);
         self.changed.send_replace(rv);
         if let Some(pod) = removed {
+            // Before the folder goes: a mount point cannot be removed, and a volume's tmpfs
+            // must not outlive its pod.
+            let mounts = self.mounts.lock().unwrap().remove(&pod.uid);
+            volumes::unmount_all(&mounts.unwrap_or_default());
             let dir = pod.dir.clone();
             // Roots can be large; removing them must not block the runtime.
             tokio::task::spawn_blocking(move || {
@@ -930,6 +958,40 @@ impl Inner {
                 }
             }
         }
+        drop(state);
+        // Each pod's namespace holds its own copy of these mounts, which dies with its
+        // processes; kubesim's copies are unmounted here so the sim's folder can be removed.
+        let mounts = std::mem::take(&mut *self.mounts.lock().unwrap());
+        for pod_mounts in mounts.values() {
+            volumes::unmount_all(pod_mounts);
+        }
+    }
+
+    /// Runs `command` inside a running container, as `kubectl exec` would, without the API.
+    pub async fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        command: &[String],
+    ) -> anyhow::Result<std::process::Output> {
+        let (host_pid, image) = {
+            let state = self.state.lock().unwrap();
+            let p = state
+                .pods
+                .get(&(namespace.to_string(), pod.to_string()))
+                .ok_or_else(|| anyhow!("pods \"{pod}\" not found in namespace `{namespace}`"))?;
+            let c = p
+                .container(container)
+                .ok_or_else(|| anyhow!("container {container} is not valid for pod {pod}"))?;
+            let pid = c
+                .host_pid
+                .ok_or_else(|| anyhow!("container `{container}` of pod {pod} is not running"))?;
+            (pid, c.image)
+        };
+        let child = runtime::spawn_exec(host_pid, image, command, false, true, true)
+            .context("starting nsenter for an exec")?;
+        Ok(child.wait_with_output().await?)
     }
 
     pub fn all_host_pids(&self) -> Vec<u32> {

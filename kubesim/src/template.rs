@@ -50,6 +50,41 @@ pub struct ContainerTemplate {
     /// Files written into the root before the container starts: path in container -> content.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
+    /// Pod volumes mounted into this container, as `containers[].volumeMounts` in a pod spec.
+    #[serde(
+        default,
+        rename = "volumeMounts",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub volume_mounts: Vec<VolumeMount>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VolumeMount {
+    /// Name of an entry of the pod's `volumes`.
+    pub name: String,
+    /// Absolute path in the container.
+    pub mount_path: String,
+}
+
+/// A pod volume, as `spec.volumes[]`; only `emptyDir` exists in kubesim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Volume {
+    pub name: String,
+    pub empty_dir: EmptyDir,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EmptyDir {
+    /// `"Memory"` mounts a tmpfs; `""` (the default) a folder on the node's disk.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub medium: String,
+    /// A quantity such as `64Ki`, `1Mi` or `65536`: the tmpfs size of a `Memory` emptyDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<String>,
 }
 
 fn default_namespace() -> String {
@@ -76,6 +111,8 @@ pub struct PodTemplate {
     pub containers: Vec<ContainerTemplate>,
     #[serde(default = "default_true")]
     pub ready: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
 }
 
 impl PodTemplate {
@@ -88,6 +125,7 @@ impl PodTemplate {
             annotations: BTreeMap::new(),
             containers: Vec::new(),
             ready: true,
+            volumes: Vec::new(),
         }
     }
 
@@ -112,6 +150,7 @@ impl PodTemplate {
             image,
             command: None,
             files: BTreeMap::new(),
+            volume_mounts: Vec::new(),
         });
         self
     }
@@ -127,6 +166,34 @@ impl PodTemplate {
         self.last_container()
             .files
             .insert(path.to_string(), content.to_string());
+        self
+    }
+
+    /// Adds a tmpfs emptyDir (`medium: Memory`) of `size_limit` (a quantity such as `64Ki`)
+    /// and mounts it at `mount_path` in the last container added.
+    pub fn memory_volume(mut self, name: &str, size_limit: &str, mount_path: &str) -> Self {
+        self.volumes.push(Volume {
+            name: name.to_string(),
+            empty_dir: EmptyDir {
+                medium: "Memory".to_string(),
+                size_limit: Some(size_limit.to_string()),
+            },
+        });
+        self.volume_mount(name, mount_path)
+    }
+
+    /// Mounts the pod volume `name` at `mount_path` in the last container added.
+    pub fn volume_mount(mut self, name: &str, mount_path: &str) -> Self {
+        self.last_container().volume_mounts.push(VolumeMount {
+            name: name.to_string(),
+            mount_path: mount_path.to_string(),
+        });
+        self
+    }
+
+    /// Adds a pod volume without mounting it (mount it with `volume_mount`).
+    pub fn volume(mut self, volume: Volume) -> Self {
+        self.volumes.push(volume);
         self
     }
 
@@ -160,6 +227,25 @@ mod tests {
             .command("sleep 1000")
             .file("/srv/a.txt", "hi");
         assert_eq!(t, built);
+    }
+
+    #[test]
+    fn volumes_take_the_pod_spec_shape() {
+        let json = r#"{"name":"db","volumes":[{"name":"data","emptyDir":{"medium":"Memory","sizeLimit":"64Ki"}}],"containers":[{"name":"app","image":"busybox","volumeMounts":[{"name":"data","mountPath":"/data"}]}]}"#;
+        let t: PodTemplate = serde_json::from_str(json).unwrap();
+        let built = PodTemplate::new("db")
+            .container("app", Image::Busybox)
+            .memory_volume("data", "64Ki", "/data");
+        assert_eq!(t, built);
+        assert_eq!(
+            serde_json::to_string(&built)
+                .unwrap()
+                .matches("emptyDir")
+                .count(),
+            1
+        );
+        let other_kind = r#"{"name":"x","volumes":[{"name":"v","hostPath":{"path":"/"}}],"containers":[{"name":"a","image":"busybox"}]}"#;
+        assert!(serde_json::from_str::<PodTemplate>(other_kind).is_err());
     }
 
     #[test]
