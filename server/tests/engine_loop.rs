@@ -10,7 +10,8 @@ use std::time::Duration;
 use podloop::engine::{
     self, Batch, ChangeOrigin, Cluster, ClusterError, Delivery, EngineHandle, EngineOptions,
     EngineState, Health, Input, Level, Manifest, ManifestEntry, Op, Output, Overrides, Problem,
-    RelPath, ReloadOutcome, Status, SyncAllReport, Target, TargetList, TargetSpec, TargetState,
+    RelPath, ReloadOutcome, RemoteChange, RemoteHolds, Status, SyncAllReport, Target, TargetList,
+    TargetSpec, TargetState,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -167,12 +168,48 @@ impl Cluster for Fake {
             entries: Vec::new(),
         };
         let mut bytes = 0;
+        let mut conflicts = Vec::new();
         let files = s.files.entry(target.pod.clone()).or_default();
         for entry in &batch.entries {
             let path = entry.path.as_bytes().to_vec();
             let name = String::from_utf8_lossy(&path).into_owned();
             match &entry.op {
-                Op::Put { local, mode, .. } => {
+                Op::Put {
+                    local,
+                    mode,
+                    expect,
+                    ..
+                } => {
+                    // What the container script does: compare what is there
+                    // with what podloop last wrote, before replacing it.
+                    if let Some(expected) = expect {
+                        let now = match files.get(&path) {
+                            Some(Remote::File(content, _)) => {
+                                RemoteHolds::File(Sha256::digest(content).into())
+                            }
+                            Some(Remote::Link(_)) => RemoteHolds::NotAFile,
+                            None => RemoteHolds::Absent,
+                        };
+                        let held = match expected.held {
+                            Some(sha) => RemoteHolds::File(sha),
+                            None => RemoteHolds::Absent,
+                        };
+                        if now != held && now != RemoteHolds::File(expected.new) {
+                            let size = match files.get(&path) {
+                                Some(Remote::File(content, _)) => Some(content.len() as u64),
+                                _ => None,
+                            };
+                            conflicts.push(RemoteChange {
+                                path: entry.path.clone(),
+                                now,
+                                size,
+                                skipped: expected.skip_if_changed,
+                            });
+                            if expected.skip_if_changed {
+                                continue;
+                            }
+                        }
+                    }
                     let content = std::fs::read(local).map_err(|e| {
                         ClusterError::Permanent(format!("cannot read {}: {e}", local.display()))
                     })?;
@@ -202,6 +239,7 @@ impl Cluster for Fake {
         Ok(Delivery {
             bytes_sent: bytes,
             reload,
+            conflicts,
         })
     }
 
@@ -804,6 +842,36 @@ async fn conflicting_remote_edit_is_reported() {
         "ours v2",
         "default is overwrite"
     );
+}
+
+#[tokio::test]
+async fn an_ordinary_save_checks_what_it_replaces_and_skip_keeps_the_pods_copy() {
+    let config = CONFIG.replace("reload = \"kill -HUP 1\"", "on_conflict = \"skip\"");
+    let mut h = Harness::with_config(&["p1", "p2"], &config, false).await;
+    h.save("a.txt", "ours");
+    h.quiescent().await;
+    h.fake.put_remote("p1", "a.txt", b"edited in a shell");
+    h.save("a.txt", "ours v2");
+    h.quiescent().await;
+    h.drain();
+    let problems = h.problems_for(&h.path("a.txt")).unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].message.contains("conflict in default/p1")
+            && problems[0].message.contains("container has 17 bytes")
+            && problems[0]
+                .message
+                .ends_with("not overwritten (on_conflict = \"skip\")"),
+        "{problems:?}"
+    );
+    assert_eq!(content(h.fake.file("p1", "a.txt")), "edited in a shell");
+    assert_eq!(content(h.fake.file("p2", "a.txt")), "ours v2");
+    // Still what podloop wrote as far as it knows: the next save is checked
+    // (and skipped) again, never slipped through.
+    h.save("a.txt", "ours v3");
+    h.quiescent().await;
+    assert_eq!(content(h.fake.file("p1", "a.txt")), "edited in a shell");
+    assert_eq!(content(h.fake.file("p2", "a.txt")), "ours v3");
 }
 
 #[tokio::test]

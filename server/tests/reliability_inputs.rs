@@ -188,6 +188,82 @@ async fn on_conflict_skip_keeps_the_containers_copy() {
 }
 
 #[tokio::test]
+async fn an_ordinary_save_over_a_file_edited_in_the_pod_reports_both_hashes_then_overwrites() {
+    let mut h = with_pod(Image::Busybox, BASE).await;
+    let file = h.save("conf.txt", b"local v1\n");
+    h.quiescent().await;
+    let root = h.root_of("api-1", "app");
+    std::fs::write(root.join("app/conf.txt"), b"edited in the pod\n").unwrap();
+    // No sync-all, no restart: the save itself checks what it replaces.
+    h.save("conf.txt", b"local v2\n");
+    h.quiescent().await;
+    h.drain();
+    let problems = h.problems_for(&file).expect("a conflict diagnostic");
+    let m = &problems[0].message;
+    assert_eq!(problems[0].severity, Level::Warning);
+    assert!(
+        m.contains("/app/conf.txt changed in the container since podloop wrote it")
+            && m.contains("podloop wrote sha256 ")
+            && m.contains("container has 18 bytes sha256 ")
+            && m.contains("local is 9 bytes sha256 ")
+            && m.ends_with("overwritten with the local file"),
+        "{m}"
+    );
+    assert_eq!(
+        std::fs::read(root.join("app/conf.txt")).unwrap(),
+        b"local v2\n"
+    );
+    // The next save finds what podloop wrote: the report goes away.
+    h.save("conf.txt", b"local v3\n");
+    h.quiescent().await;
+    h.drain();
+    assert!(h.problems_for(&file).unwrap_or_default().is_empty());
+}
+
+#[tokio::test]
+async fn an_ordinary_save_with_on_conflict_skip_leaves_the_pods_copy_until_it_matches() {
+    let config = format!("{BASE}on_conflict = \"skip\"\n");
+    let mut h = with_pod(Image::Busybox, &config).await;
+    let file = h.save("conf.txt", b"local v1\n");
+    h.save("other.txt", b"other v1\n");
+    h.quiescent().await;
+    let root = h.root_of("api-1", "app");
+    std::fs::write(root.join("app/conf.txt"), b"edited in the pod\n").unwrap();
+    // One save of the file alone (the one-file path), one in a batch with
+    // another file (the tar path): both skip it, the other file lands.
+    h.save("conf.txt", b"local v2\n");
+    h.quiescent().await;
+    let both = vec![
+        h.write("conf.txt", b"local v3\n"),
+        h.write("other.txt", b"other v2\n"),
+    ];
+    h.changed(both, ChangeOrigin::Save);
+    h.quiescent().await;
+    h.drain();
+    let problems = h.problems_for(&file).expect("a conflict diagnostic");
+    assert!(
+        problems[0]
+            .message
+            .ends_with("not overwritten (on_conflict = \"skip\")"),
+        "{}",
+        problems[0].message
+    );
+    assert_eq!(
+        std::fs::read(root.join("app/conf.txt")).unwrap(),
+        b"edited in the pod\n"
+    );
+    assert_eq!(
+        std::fs::read(root.join("app/other.txt")).unwrap(),
+        b"other v2\n"
+    );
+    // Taking the pod's version locally resolves it.
+    h.save("conf.txt", b"edited in the pod\n");
+    h.quiescent().await;
+    h.drain();
+    assert!(h.problems_for(&file).unwrap_or_default().is_empty());
+}
+
+#[tokio::test]
 async fn check_reports_drift_in_either_direction_and_sends_nothing() {
     let mut h = with_pod(Image::Busybox, BASE).await;
     h.save("same.txt", b"same");

@@ -88,6 +88,7 @@ impl<'a> BatchBuilder<'a> {
                 local: file,
                 size: content.len() as u64,
                 mode: if executable { 0o755 } else { 0o644 },
+                expect: None,
             },
         });
         self
@@ -849,7 +850,10 @@ async fn warm_session_carries_many_batches_and_falls_back_when_it_dies() {
         .deliver(&target, b.batch("/app", None))
         .await
         .unwrap_err();
-    let ClusterError::Partial { failed, message } = err else {
+    let ClusterError::Partial {
+        failed, message, ..
+    } = err
+    else {
         panic!("expected partial");
     };
     assert_eq!(failed.len(), 1, "{message}");

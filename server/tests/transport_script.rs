@@ -38,6 +38,7 @@ const BUSYBOX_APPLETS: &[&str] = &[
     "test",
     "[",
     "touch",
+    "wc",
 ];
 
 fn busybox_bin(dir: &Path, without: &[&str]) -> PathBuf {
@@ -148,8 +149,20 @@ impl Local {
             op: UploadOp::Put {
                 local,
                 mode: if executable { 0o755 } else { 0o644 },
+                expect: None,
             },
         });
+    }
+    /// A 0644 file whose container copy is checked against `held` first.
+    fn put_checked(&mut self, rel: &[u8], content: &[u8], held: Option<&[u8]>, skip: bool) {
+        self.put(rel, content, false);
+        if let Some(UploadEntry {
+            op: UploadOp::Put { expect, .. },
+            ..
+        }) = self.entries.last_mut()
+        {
+            *expect = Some(expectation(content, held, skip));
+        }
     }
     fn link(&mut self, rel: &[u8], target: &[u8]) {
         self.entries.push(UploadEntry {
@@ -164,6 +177,20 @@ impl Local {
             path: rel.to_vec(),
             op: UploadOp::Delete,
         });
+    }
+}
+
+fn sha256(content: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(content).into()
+}
+
+/// "podloop last wrote `held` (None: nothing) and now sends `content`".
+fn expectation(content: &[u8], held: Option<&[u8]>, skip: bool) -> payload::Expect {
+    payload::Expect {
+        held: held.map(sha256),
+        new: sha256(content),
+        skip_if_changed: skip,
     }
 }
 
@@ -364,8 +391,9 @@ async fn truncated_case(shell: Shell) {
         let (code, stdout, _) = run(shell, scratch.path(), &argv, &bytes[..cut], &[]);
         let report = remote::parse_deliver_output(&stdout).unwrap();
         assert!(!report.complete, "{shell:?} cut at {cut}");
+        // tar itself may notice the cut first ("short read").
         assert!(
-            report.truncated.is_some(),
+            report.truncated.is_some() || report.extract_failed.is_some(),
             "{shell:?} cut at {cut}: {report:?}"
         );
         assert_ne!(code, 0);
@@ -658,6 +686,17 @@ impl SessionShell {
 impl SessionShell {
     /// Sends a one-file batch on the fast path: raw bytes, then the nonce.
     fn file(&mut self, root: &Path, path: &[u8], content: &[u8], cut: Option<usize>) -> Vec<u8> {
+        self.file_checked(root, path, content, cut, None)
+    }
+
+    fn file_checked(
+        &mut self,
+        root: &Path,
+        path: &[u8],
+        content: &[u8],
+        cut: Option<usize>,
+        expect: Option<payload::Expect>,
+    ) -> Vec<u8> {
         let nonce = format!("{:016x}", rand::random::<u64>());
         let header = remote::session_file_header(
             content.len() as u64,
@@ -665,6 +704,7 @@ impl SessionShell {
             root.to_str().unwrap(),
             "",
             path,
+            expect.as_ref(),
         );
         self.stdin.write_all(&header).unwrap();
         let mut rest = content.to_vec();
@@ -918,7 +958,298 @@ fn one_saved_file_takes_the_fast_path_dd_and_mv_only() {
             .filter(|n| n.starts_with(".podloop"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
-        assert!(session.child.wait().unwrap().success());
+        // It does not read on from a stream that lost its step.
+        assert_eq!(session.child.wait().unwrap().code(), Some(5));
     }
     assert!(!root.join("PWNED").exists());
+}
+
+fn conflicts(
+    report: &remote::DeliverReport,
+) -> Vec<(Vec<u8>, remote::RemoteState, Option<u64>, bool)> {
+    report
+        .conflicts
+        .iter()
+        .map(|c| (c.path.clone(), c.now, c.size, c.skipped))
+        .collect()
+}
+
+#[test]
+fn a_save_over_a_file_changed_in_the_container_is_reported_and_follows_on_conflict() {
+    for shell in [Shell::Host, Shell::Busybox] {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("app");
+        let mut session = SessionShell::start(shell, scratch.path(), None);
+        let save = |session: &mut SessionShell, content: &[u8], held: Option<&[u8]>, skip| {
+            let out = session.file_checked(
+                &root,
+                b"main.rs",
+                content,
+                None,
+                Some(expectation(content, held, skip)),
+            );
+            let report = remote::parse_deliver_output(&out).unwrap();
+            assert!(
+                report.complete && report.failed.is_empty(),
+                "{shell:?}: {report:?}"
+            );
+            report
+        };
+        let first = remote::parse_deliver_output(&session.file(&root, b"main.rs", b"one", None));
+        assert!(first.unwrap().complete);
+        // Unchanged since podloop wrote it: no report.
+        let report = save(&mut session, b"two", Some(b"one"), false);
+        assert!(report.conflicts.is_empty(), "{shell:?}: {report:?}");
+        assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), b"two");
+
+        // Edited in the container, on_conflict = overwrite: reported, replaced.
+        std::fs::write(root.join("main.rs"), b"theirs").unwrap();
+        let report = save(&mut session, b"three", Some(b"two"), false);
+        assert_eq!(
+            conflicts(&report),
+            [(
+                b"main.rs".to_vec(),
+                remote::RemoteState::File(sha256(b"theirs")),
+                Some(6),
+                false
+            )],
+            "{shell:?}"
+        );
+        assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), b"three");
+
+        // on_conflict = skip: reported, the container's copy stays, no temporary left.
+        std::fs::write(root.join("main.rs"), b"theirs again").unwrap();
+        let report = save(&mut session, b"four", Some(b"three"), true);
+        assert_eq!(conflicts(&report).len(), 1, "{shell:?}: {report:?}");
+        assert!(report.conflicts[0].skipped);
+        assert_eq!(
+            std::fs::read(root.join("main.rs")).unwrap(),
+            b"theirs again"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".podloop"))
+            .collect();
+        assert!(leftovers.is_empty(), "{shell:?}: {leftovers:?}");
+
+        // The container already holds what is sent: no conflict.
+        std::fs::write(root.join("main.rs"), b"five").unwrap();
+        let report = save(&mut session, b"five", Some(b"three"), true);
+        assert!(report.conflicts.is_empty(), "{shell:?}: {report:?}");
+
+        // Deleted in the container; created behind podloop's back.
+        std::fs::remove_file(root.join("main.rs")).unwrap();
+        let report = save(&mut session, b"six", Some(b"five"), false);
+        assert_eq!(
+            conflicts(&report),
+            [(
+                b"main.rs".to_vec(),
+                remote::RemoteState::Absent,
+                None,
+                false
+            )],
+            "{shell:?}"
+        );
+        std::fs::write(root.join("main.rs"), b"x").unwrap();
+        let report = save(&mut session, b"seven", None, true);
+        assert_eq!(conflicts(&report).len(), 1, "{shell:?}: {report:?}");
+        assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), b"x");
+        drop(session.stdin);
+        assert!(session.child.wait().unwrap().success());
+    }
+}
+
+#[tokio::test]
+async fn a_batch_checks_every_file_it_replaces_with_one_sha256sum() {
+    for shell in [Shell::Host, Shell::Busybox] {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("app");
+        let names: [&[u8]; 5] = [
+            b"plain.rs",
+            b"with space",
+            b"back\\slash",
+            b"new\nline",
+            b"sub/it's",
+        ];
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        for name in names {
+            std::fs::write(root.join(os(name)), b"ours").unwrap();
+        }
+        // Two edited in the container (one with a newline in its name).
+        std::fs::write(root.join("with space"), b"theirs").unwrap();
+        std::fs::write(root.join(os(b"new\nline")), b"theirs").unwrap();
+        let mut session = SessionShell::start(shell, scratch.path(), None);
+        let mut local = Local {
+            dir: scratch.path().to_path_buf(),
+            entries: Vec::new(),
+        };
+        for name in names {
+            local.put_checked(name, b"next", Some(b"ours"), true);
+        }
+        local.put_checked(b"brand new", b"next", None, true);
+        let out = session.batch(&root, &local.entries, "").await;
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(
+            report.complete && report.failed.is_empty(),
+            "{shell:?}: {report:?}"
+        );
+        let mut found = conflicts(&report);
+        found.sort();
+        let theirs = remote::RemoteState::File(sha256(b"theirs"));
+        assert_eq!(
+            found,
+            [
+                (b"new\nline".to_vec(), theirs, Some(6), true),
+                (b"with space".to_vec(), theirs, Some(6), true),
+            ],
+            "{shell:?}"
+        );
+        for name in [&b"plain.rs"[..], b"back\\slash", b"sub/it's", b"brand new"] {
+            assert_eq!(
+                std::fs::read(root.join(os(name))).unwrap(),
+                b"next",
+                "{shell:?}"
+            );
+        }
+        assert_eq!(std::fs::read(root.join("with space")).unwrap(), b"theirs");
+        assert!(staging_folders(&root).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn nothing_is_written_or_deleted_through_a_link_in_the_container() {
+    for shell in [Shell::Host, Shell::Busybox] {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("app");
+        let outside = scratch.path().join("etc");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("passwd"), b"root").unwrap();
+        // A folder of the mapping that is a link, in the container only.
+        std::os::unix::fs::symlink(&outside, root.join("static")).unwrap();
+        let mut session = SessionShell::start(shell, scratch.path(), None);
+
+        let out = session.file(&root, b"static/passwd", b"owned", None);
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(report.complete, "{shell:?}: {report:?}");
+        assert_eq!(report.failed.len(), 1, "{shell:?}: {report:?}");
+        assert!(
+            report.failed[0].1.contains("`static` is a symbolic link"),
+            "{report:?}"
+        );
+
+        let mut local = Local {
+            dir: scratch.path().to_path_buf(),
+            entries: Vec::new(),
+        };
+        local.put(b"static/new", b"owned", false);
+        local.put(b"static/deeper/x", b"owned", false);
+        local.delete(b"static/passwd");
+        local.put(b"fine.rs", b"ok", false);
+        let out = session.batch(&root, &local.entries, "").await;
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(report.complete, "{shell:?}: {report:?}");
+        let mut refused: Vec<Vec<u8>> = report.failed.iter().map(|f| f.0.clone()).collect();
+        refused.sort();
+        assert_eq!(
+            refused,
+            [
+                b"static/deeper/x".to_vec(),
+                b"static/new".to_vec(),
+                b"static/passwd".to_vec()
+            ],
+            "{shell:?}"
+        );
+        assert_eq!(std::fs::read(outside.join("passwd")).unwrap(), b"root");
+        let outside_now: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
+        assert_eq!(outside_now.len(), 1, "{shell:?}: {outside_now:?}");
+        assert_eq!(std::fs::read(root.join("fine.rs")).unwrap(), b"ok");
+    }
+}
+
+/// A tmpfs of `kib` KiB mounted at `dir` (tests run as root), unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, kib: u32) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs (root needed) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_applies_nothing_and_says_so() {
+    for shell in [Shell::Host, Shell::Busybox] {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("app");
+        let _disk = SmallDisk::mount(&root, 256);
+        std::fs::write(root.join("main.rs"), b"before").unwrap();
+        std::fs::write(root.join("other.rs"), b"before").unwrap();
+        std::fs::write(root.join("filler"), vec![0u8; 200 * 1024]).unwrap();
+        let big = vec![b'x'; 100 * 1024];
+
+        // The fast path: the write fails, the old file stays, the session ends.
+        let mut session = SessionShell::start(shell, scratch.path(), None);
+        let out = session.file(&root, b"main.rs", &big, None);
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(!report.complete, "{shell:?}: {report:?}");
+        let (path, why) = report.write_failed.clone().expect("a W record");
+        assert_eq!(path, b"main.rs");
+        assert!(
+            why.to_lowercase().contains("no space left"),
+            "{shell:?}: {why}"
+        );
+        assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), b"before");
+        assert_ne!(session.child.wait().unwrap().code(), Some(0));
+
+        // A tar batch: nothing of it lands, no staging folder stays.
+        let mut local = Local {
+            dir: scratch.path().to_path_buf(),
+            entries: Vec::new(),
+        };
+        local.put(b"main.rs", &big, false);
+        local.put(b"other.rs", b"after", false);
+        let mut session = SessionShell::start(shell, scratch.path(), None);
+        let out = session.batch(&root, &local.entries, "").await;
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(!report.complete, "{shell:?}: {report:?}");
+        let why = report.extract_failed.clone().expect("an X record");
+        assert!(
+            why.to_lowercase().contains("no space left"),
+            "{shell:?}: {why}"
+        );
+        assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), b"before");
+        assert_eq!(std::fs::read(root.join("other.rs")).unwrap(), b"before");
+        let leftovers: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".podloop"))
+            .collect();
+        assert!(leftovers.is_empty(), "{shell:?}: {leftovers:?}");
+        assert_ne!(session.child.wait().unwrap().code(), Some(0));
+
+        // Space freed: the same batch lands.
+        std::fs::remove_file(root.join("filler")).unwrap();
+        let mut session = SessionShell::start(shell, scratch.path(), None);
+        let out = session.batch(&root, &local.entries, "").await;
+        assert!(remote::parse_deliver_output(&out).unwrap().complete);
+        assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), big);
+    }
 }

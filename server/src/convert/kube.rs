@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::engine::{
     Batch, Cluster, ClusterError, Delivery, Entry, Manifest, ManifestEntry, Op, PodSelector,
-    RelPath, ReloadOutcome, Target, TargetList, TargetSpec,
+    RelPath, ReloadOutcome, RemoteChange, RemoteHolds, Target, TargetList, TargetSpec,
 };
-use crate::transport::payload::check_relative;
+use crate::transport::payload::{check_relative, Expect};
+use crate::transport::remote::{RemoteConflict, RemoteState};
 use crate::transport::{
     ops, pods, Connector, ContainerRef, ContextClient, PodMatch, PodQuery, ResolvedContainer,
     SessionKey, SessionPool, TransportError, Upload, UploadEntry, UploadOp,
@@ -99,13 +100,18 @@ impl std::fmt::Debug for KubeCluster {
 
 pub fn cluster_error(error: TransportError) -> ClusterError {
     match error {
-        TransportError::Partial { message, failed } => ClusterError::Partial {
+        TransportError::Partial {
+            message,
+            failed,
+            conflicts,
+        } => ClusterError::Partial {
             message,
             failed: failed
                 .into_iter()
                 .filter(|(path, _)| check_relative(path).is_ok())
                 .map(|(path, reason)| (RelPath(path), reason))
                 .collect(),
+            conflicts: remote_changes(conflicts),
         },
         e @ TransportError::LocalChanged { .. } => ClusterError::LocalChanged(e.to_string()),
         e if e.is_transient() => ClusterError::Transient(e.to_string()),
@@ -158,11 +164,43 @@ pub fn upload(batch: Batch) -> Upload {
     }
 }
 
+/// The container's conflict reports, keeping only paths that are valid
+/// relative paths (what the engine's `RelPath` promises).
+fn remote_changes(conflicts: Vec<RemoteConflict>) -> Vec<RemoteChange> {
+    conflicts
+        .into_iter()
+        .filter(|c| check_relative(&c.path).is_ok())
+        .map(|c| RemoteChange {
+            path: RelPath(c.path),
+            now: match c.now {
+                RemoteState::File(sha) => RemoteHolds::File(sha),
+                RemoteState::Absent => RemoteHolds::Absent,
+                RemoteState::NotAFile => RemoteHolds::NotAFile,
+            },
+            size: c.size,
+            skipped: c.skipped,
+        })
+        .collect()
+}
+
 fn upload_entry(entry: Entry) -> UploadEntry {
     UploadEntry {
         path: entry.path.0,
         op: match entry.op {
-            Op::Put { local, mode, .. } => UploadOp::Put { local, mode },
+            Op::Put {
+                local,
+                mode,
+                expect,
+                ..
+            } => UploadOp::Put {
+                local,
+                mode,
+                expect: expect.map(|e| Expect {
+                    held: e.held,
+                    new: e.new,
+                    skip_if_changed: e.skip_if_changed,
+                }),
+            },
             Op::Symlink { target } => UploadOp::Symlink { target },
             Op::Delete => UploadOp::Delete,
         },
@@ -232,6 +270,7 @@ impl Cluster for KubeCluster {
                     exit_code,
                     output_tail,
                 }),
+            conflicts: remote_changes(outcome.conflicts),
         })
     }
 

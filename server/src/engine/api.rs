@@ -265,12 +265,47 @@ pub enum Op {
         /// Permission bits (`0o7777`), carried as they are locally, as
         /// `kubectl cp` does: a 0600 key stays 0600 in the container.
         mode: u32,
+        /// What the target should hold there now; the container checks it
+        /// before replacing the file and reports a [`RemoteChange`] if not.
+        expect: Option<Expected>,
     },
     Symlink {
         target: Vec<u8>,
     },
     /// Remove a file or a whole folder.
     Delete,
+}
+
+/// What the engine believes a target holds at a path a `Put` replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    /// The sha256 podloop last wrote (or a manifest showed); `None`: the
+    /// path should not exist.
+    pub held: Option<[u8; 32]>,
+    /// The sha256 of the content being sent: a target that already holds it
+    /// has no conflict.
+    pub new: [u8; 32],
+    /// `on_conflict = "skip"`: leave a changed file as the container has it.
+    pub skip_if_changed: bool,
+}
+
+/// A file the container changed since podloop wrote it, found while
+/// delivering (an ordinary save checks what it replaces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteChange {
+    pub path: RelPath,
+    pub now: RemoteHolds,
+    /// Size of the container's copy, when it is a file.
+    pub size: Option<u64>,
+    /// Left as the container has it (`on_conflict = "skip"`).
+    pub skipped: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteHolds {
+    File([u8; 32]),
+    Absent,
+    NotAFile,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +328,7 @@ pub struct Delivery {
     pub bytes_sent: u64,
     /// `reload` exit code and the tail of its output, when it ran.
     pub reload: Option<ReloadOutcome>,
+    pub conflicts: Vec<RemoteChange>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,6 +376,7 @@ pub enum ClusterError {
     Partial {
         message: String,
         failed: Vec<(RelPath, String)>,
+        conflicts: Vec<RemoteChange>,
     },
 }
 

@@ -1261,6 +1261,20 @@ impl<C: Cluster> MainLoop<C> {
         for (path, problems) in local_problems {
             self.set_problems(&path, ProblemSource::Local(key.mapping), problems);
         }
+        // A conflict report stays until the file is delivered again without
+        // one (or the target goes away).
+        let delivered_clean: Vec<PathBuf> = match &outcome.result {
+            Ok(Some(_)) | Err(ClusterError::Partial { .. }) => outcome
+                .sent
+                .iter()
+                .map(|(r, _)| info.local_path(r))
+                .filter(|p| !conflict_problems.contains_key(p))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for path in delivered_clean {
+            self.set_problems(&path, ProblemSource::Conflict(key.clone()), Vec::new());
+        }
         for (path, problems) in conflict_problems {
             self.set_problems(&path, ProblemSource::Conflict(key.clone()), problems);
         }
@@ -1297,7 +1311,9 @@ impl<C: Cluster> MainLoop<C> {
                     }
                 }
             }
-            Err(ClusterError::Partial { message, failed }) => {
+            Err(ClusterError::Partial {
+                message, failed, ..
+            }) => {
                 t.retry = None;
                 t.error = Some(message.clone());
                 let failed_set: HashMap<&RelPath, &String> =
@@ -1373,7 +1389,7 @@ impl<C: Cluster> MainLoop<C> {
                         &format!("target:{pod}"),
                         Some((
                             Level::Warning,
-                            format!("cannot reach {pod}: {reason}; retrying"),
+                            format!("not delivered to {pod} yet: {reason}; retrying"),
                         )),
                     );
                 }

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::api::{Batch, Cluster, ClusterError, Delivery, Entry, Manifest, Op, RelPath, Target};
+use super::api::{
+    Batch, Cluster, ClusterError, Delivery, Entry, Expected, Manifest, Op, RelPath, RemoteChange,
+    RemoteHolds, Target,
+};
 use super::config::OnConflict;
 use super::mapping::{link_escapes, LocalKind, Mapping};
 
@@ -126,14 +129,67 @@ pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) ->
         outcome.elapsed = started.elapsed();
         return outcome;
     }
+    let sending: HashMap<RelPath, (u64, Option<Expected>)> = plan
+        .entries
+        .iter()
+        .filter_map(|e| match &e.op {
+            Op::Put { size, expect, .. } => Some((e.path.clone(), (*size, *expect))),
+            _ => None,
+        })
+        .collect();
     let batch = Batch {
         remote_root: mapping.remote.clone(),
         entries: plan.entries,
         reload: mapping.reload.clone(),
     };
     outcome.result = cluster.deliver(&target, batch).await.map(Some);
+    let conflicts = match &outcome.result {
+        Ok(Some(delivery)) => delivery.conflicts.as_slice(),
+        Err(ClusterError::Partial { conflicts, .. }) => conflicts.as_slice(),
+        _ => &[],
+    };
+    for change in conflicts {
+        let Some((size, Some(expected))) = sending.get(&change.path) else {
+            continue;
+        };
+        if change.skipped {
+            // The target keeps its own copy: podloop's record stays what it
+            // wrote, so the next save is checked (and skipped) again.
+            outcome.sent.retain(|(rel, _)| *rel != change.path);
+        }
+        let detail = conflict_detail(&mapping, change, *size, expected);
+        outcome.notes.push((
+            change.path.clone(),
+            Note::Conflict {
+                skipped: change.skipped,
+                detail,
+            },
+        ));
+    }
     outcome.elapsed = started.elapsed();
     outcome
+}
+
+/// "what podloop wrote, what the container has, what is local", as the
+/// manifest check says it.
+fn conflict_detail(m: &Mapping, change: &RemoteChange, size: u64, expected: &Expected) -> String {
+    let path = m.remote_display(&change.path);
+    let wrote = match &expected.held {
+        Some(sha) => format!("podloop wrote sha256 {}", short(sha)),
+        None => "podloop had removed it".into(),
+    };
+    let now = match (&change.now, change.size) {
+        (RemoteHolds::File(sha), Some(bytes)) => {
+            format!("container has {bytes} bytes sha256 {}", short(sha))
+        }
+        (RemoteHolds::File(sha), None) => format!("container has sha256 {}", short(sha)),
+        (RemoteHolds::Absent, _) => "container no longer has it".into(),
+        (RemoteHolds::NotAFile, _) => "container has something other than a file there".into(),
+    };
+    format!(
+        "{path} changed in the container since podloop wrote it ({wrote}, {now}, local is {size} bytes sha256 {})",
+        short(&expected.new)
+    )
 }
 
 struct Plan {
@@ -331,6 +387,18 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                         }
                     }
                 }
+                // Without a manifest, the container checks what it replaces
+                // against what podloop last put there (conflicts).
+                let expect = match (manifest, req.held.get(&rel)) {
+                    (None, Some(Held::File { sha256: ours, .. })) => Some(Some(*ours)),
+                    (None, Some(Held::Absent)) => Some(None),
+                    _ => None,
+                }
+                .map(|held| Expected {
+                    held,
+                    new: sha256,
+                    skip_if_changed: m.on_conflict == OnConflict::Skip,
+                });
                 p.bytes += size;
                 p.entries.push(Entry {
                     path: rel.clone(),
@@ -338,6 +406,7 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                         local: local_path,
                         size,
                         mode,
+                        expect,
                     },
                 });
                 p.after.push((rel, held));

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use super::remote::RemoteConflict;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransportError {
     #[error("{0}")]
@@ -70,6 +72,14 @@ pub enum TransportError {
         hint: &'static str,
     },
 
+    #[error("no space left under `{root}` in container `{container}` of pod `{pod}` ({detail}): nothing of the batch was applied; the container's disk is full: free space there or enlarge the volume (an emptyDir's `sizeLimit`)")]
+    NoSpace {
+        pod: String,
+        container: String,
+        root: String,
+        detail: String,
+    },
+
     #[error("the connection to pod `{pod}` ended before the command reported its status ({detail}); nothing was applied from the unfinished stream")]
     StreamCut { pod: String, detail: String },
 
@@ -93,6 +103,7 @@ pub enum TransportError {
     Partial {
         message: String,
         failed: Vec<(Vec<u8>, String)>,
+        conflicts: Vec<RemoteConflict>,
     },
 
     #[error("unexpected answer from container `{container}` in pod `{pod}`: {detail}")]
@@ -111,6 +122,7 @@ impl TransportError {
             TransportError::Unreachable { .. }
                 | TransportError::ServerBusy { .. }
                 | TransportError::StreamCut { .. }
+                | TransportError::NoSpace { .. }
                 | TransportError::LocalChanged { .. }
                 | TransportError::Protocol { .. }
         )

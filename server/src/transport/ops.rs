@@ -5,7 +5,7 @@ use super::client::ContextClient;
 use super::error::{write_failure_hint, TransportError};
 use super::exec::{ContainerRef, Exec, ExecOutput, ExitStatus};
 use super::payload::{self, Upload};
-use super::remote::{self, DeliverReport, ManifestOutput, RemoteFile};
+use super::remote::{self, DeliverReport, ManifestOutput, RemoteConflict, RemoteFile};
 
 /// How long to wait for the status of a command that stopped reading stdin.
 const EARLY_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -20,6 +20,8 @@ pub struct DeliverOutcome {
     pub deletes: usize,
     /// Exit code and output tail of `reload`, when it ran.
     pub reload: Option<(i32, String)>,
+    /// Files the container changed since podloop wrote them.
+    pub conflicts: Vec<RemoteConflict>,
 }
 
 pub fn deliver_argv(root: &str, plan: &payload::Payload, reload: Option<&str>) -> Vec<String> {
@@ -98,7 +100,22 @@ pub(crate) fn interpret_deliver(
             tool,
         });
     }
-    if let Some(detail) = report.staging_failed.or(report.extract_failed) {
+    let write_failure = report
+        .write_failed
+        .map(|(path, why)| format!("writing `{}`: {why}", String::from_utf8_lossy(&path)));
+    if let Some(detail) = report
+        .staging_failed
+        .or(report.extract_failed)
+        .or(write_failure)
+    {
+        if detail.to_ascii_lowercase().contains("no space left") {
+            return Err(TransportError::NoSpace {
+                pod: target.pod.clone(),
+                container: target.container.clone(),
+                root: root.to_string(),
+                detail,
+            });
+        }
         return Err(TransportError::RemoteWrite {
             pod: target.pod.clone(),
             container: target.container.clone(),
@@ -145,6 +162,7 @@ pub(crate) fn interpret_deliver(
                 first.1,
             ),
             failed,
+            conflicts: report.conflicts,
         });
     }
     Ok(DeliverOutcome {
@@ -155,6 +173,7 @@ pub(crate) fn interpret_deliver(
             let output = report.reload_output.unwrap_or_default();
             (code, tail(&output, RELOAD_TAIL_CHARS))
         }),
+        conflicts: report.conflicts,
     })
 }
 

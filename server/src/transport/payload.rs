@@ -16,11 +16,26 @@ pub enum UploadOp {
     Put {
         local: PathBuf,
         mode: u32,
+        /// Check the container's copy before replacing it (conflicts).
+        expect: Option<Expect>,
     },
     Symlink {
         target: Vec<u8>,
     },
     Delete,
+}
+
+/// What podloop believes the container holds at a path it is about to
+/// replace. A container holding something else changed it behind podloop's
+/// back: the scripts report it, and leave it when `skip_if_changed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expect {
+    /// The sha256 podloop last wrote there; `None`: nothing should be there.
+    pub held: Option<[u8; 32]>,
+    /// The sha256 about to be written: a container that already holds it
+    /// has no conflict.
+    pub new: [u8; 32],
+    pub skip_if_changed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +67,8 @@ pub struct Payload {
     /// When set, the pieces are this one file's raw bytes, no tar: the
     /// session's one-file fast path (`remote::PUT_ONE`).
     pub single_file: Option<Vec<u8>>,
+    /// The conflict check of that one file.
+    pub single_expect: Option<Expect>,
     pub pieces: Vec<Piece>,
     pub len: u64,
     /// Entries left out because the local file could not be read.
@@ -158,6 +175,8 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
     let mut moves: Vec<(&[u8], Vec<&[u8]>)> = Vec::new();
     let mut folder_index: std::collections::HashMap<&[u8], usize> = Default::default();
     let mut inline_left = INLINE_BUDGET;
+    // `v`: one `OLD NEW SKIP 'PATH'` line per file to check (see `remote::APPLY`).
+    let mut checks: Vec<u8> = Vec::new();
     let stage = format!(".podloop-stage-{}/", payload.nonce).into_bytes();
     let member = |name: &[u8]| -> Vec<u8> { [&stage[..], name].concat() };
     for entry in entries {
@@ -172,7 +191,17 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
                     target,
                 )));
             }
-            UploadOp::Put { local, mode } => {
+            UploadOp::Put {
+                local,
+                mode,
+                expect,
+            } => {
+                if let Some(expect) = expect {
+                    checks.extend_from_slice(&remote::expect_words(Some(expect)));
+                    checks.push(b' ');
+                    checks.extend_from_slice(&remote::sh_word(&entry.path));
+                    checks.push(b'\n');
+                }
                 let mode = *mode;
                 let content = match read_local(local, &mut inline_left) {
                     Ok(content) => content,
@@ -221,6 +250,9 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
         push_records(&mut list, b'M', Some(folder), names);
     }
     payload.push(Piece::Bytes(tarstream::small_file(&member(b"l"), &list)));
+    if !checks.is_empty() {
+        payload.push(Piece::Bytes(tarstream::small_file(&member(b"v"), &checks)));
+    }
     for member in members {
         payload.push(member);
     }
@@ -242,7 +274,12 @@ pub fn plan_single(entries: &[UploadEntry]) -> Result<Option<Payload>, Transport
     };
     // The raw-bytes path creates the file under umask 022: only a 0644 file
     // keeps its mode that way.
-    let UploadOp::Put { local, mode: 0o644 } = &entry.op else {
+    let UploadOp::Put {
+        local,
+        mode: 0o644,
+        expect,
+    } = &entry.op
+    else {
         return Ok(None);
     };
     check_relative(&entry.path)?;
@@ -254,6 +291,7 @@ pub fn plan_single(entries: &[UploadEntry]) -> Result<Option<Payload>, Transport
     let mut payload = Payload {
         nonce: format!("{:016x}", rand::random::<u64>()),
         single_file: Some(entry.path.clone()),
+        single_expect: *expect,
         files: 1,
         ..Payload::default()
     };

@@ -17,6 +17,8 @@
 //! `F path message` (one entry refused), `O output` and `R code` (reload),
 //! `K` (batch complete).
 
+use super::payload::Expect;
+
 /// Exit code of the deliver script when a required tool is missing. Chosen
 /// apart from 126/127, which mean the exec could not start `sh` itself.
 pub const EXIT_MISSING_TOOL: i32 = 3;
@@ -41,7 +43,12 @@ pub const CONTAINER_TOOLS: &str = concat!(delivery_tools!(), " ", manifest_tools
 /// `head -c` over-reads a pipe), so the same code serves a warm session
 /// where the next batch follows on stdin. Images without `dd` fall back to
 /// `head -c`, exact in GNU coreutils, and harmless in a one-shot exec.
-/// `nl` lets a quoted word in a one-line record carry a newline.
+/// `take_to FILE SIZE` is the same read written to a file with the tool's
+/// error kept in `err`: a command substitution of one simple command costs
+/// no more processes than the command itself, and the message never has to
+/// be written to a disk that may be full. `$reader$SIZE` is the bare
+/// command, for pipelines (a function would cost a process more). `nl` lets
+/// a quoted word in a one-line record carry a newline.
 const PRELUDE: &str = concat!(
     r#"
 for tool in "#,
@@ -50,43 +57,102 @@ for tool in "#,
   command -v "$tool" >/dev/null 2>&1 || { printf 'M\0%s\0' "$tool"; exit 3; }
 done
 if command -v dd >/dev/null 2>&1; then
-  take() { dd bs=65536 count="$1" iflag=count_bytes,fullblock 2>/dev/null; }
+  reader='dd bs=65536 iflag=count_bytes,fullblock count='
 elif command -v head >/dev/null 2>&1; then
-  take() { head -c "$1"; }
+  reader='head -c '
 else
   printf 'M\0dd\0'; exit 3
 fi
+take() { $reader$1 2>/dev/null; }
+take_to() { err=$($reader$2 2>&1 >"$1"); }
 nl='
 '
 home=$PWD
 "#
 );
 
+/// Checks shared by both ways of writing, all shell builtins on the common
+/// path (no process):
+///
+/// - `link_in ROOT DIR`: whether a folder on the way from ROOT down to
+///   ROOT/DIR is a symbolic link *in the container*; writing or deleting
+///   through it could land outside the mapping's `remote`, so podloop
+///   refuses (`link` names it). ROOT itself may be a link: the user chose it.
+/// - `changed ABS REL OLD NEW SKIP`: the conflict check. OLD is what podloop
+///   last wrote there (a sha256, `-` for "nothing", `.` for "never checked"),
+///   NEW what it writes now. When the container holds neither (someone
+///   edited it in a shell, a generator in the pod), print a `C` record with
+///   what it holds instead and return 0. `now` is set by `state_of`, or
+///   given (from a batch-wide `sha256sum`) in `$now` when `known` is 1.
+const CHECKS: &str = r#"
+link_in() {
+link= l_at=$1 l_rest=$2
+while [ -n "$l_rest" ]; do
+  case $l_rest in
+  */*) l_seg=${l_rest%%/*} l_rest=${l_rest#*/} ;;
+  *) l_seg=$l_rest l_rest= ;;
+  esac
+  l_at=$l_at/$l_seg
+  if [ -L "$l_at" ]; then link=${l_at#"$1"/}; return 0; fi
+  [ -d "$l_at" ] || return 1
+done
+return 1
+}
+link_refusal() {
+printf 'F\0%s\0%s\0' "$1" "\`$link\` is a symbolic link in the container; podloop does not write through links (make it a folder, or exclude the path)"
+}
+state_of() {
+if [ -L "$1" ]; then now='?'
+elif [ -f "$1" ]; then
+  now=$(sha256sum <"$1" 2>/dev/null) || now=
+  now=${now%% *}; [ -n "$now" ] || now='?'
+elif [ -e "$1" ]; then now='?'
+else now=-
+fi
+}
+changed() {
+[ "$3" = . ] && return 1
+[ "$known" = 1 ] || state_of "$1"
+[ "$now" = "$3" ] || [ "$now" = "$4" ] && return 1
+size=
+case $now in -|'?') ;; *) size=$(wc -c <"$1") ;; esac
+printf 'C\0%s\0%s\0%s\0%s\0' "$2" "$now" "$size" "$5"
+return 0
+}
+"#;
+
 /// `apply ROOT SIZE RELOAD NONCE`: reads SIZE bytes of tar from stdin and
-/// applies them; nothing else reads stdin, so a session can go on reading
-/// the next batch. Returns 0 when the batch was applied (maybe with `F`
-/// records); the caller then prints `K`.
+/// applies them. Returns 0 when the batch was applied (maybe with `F` or
+/// `C` records); the caller then prints `K`. Returns 4 when nothing was
+/// applied and stdin is still in step (a session may go on), 5 or 6 when
+/// nothing was applied and stdin may not be (tar stopped reading early: a
+/// session must end).
 ///
 /// The tar's members all sit under `.podloop-stage-NONCE/` (the staging
 /// folder, so tar itself creates it: no `mkdir`): `l` (what to do, one
-/// record a line), `f/<path>` for every file and link, and finally `z`
-/// holding the nonce: a `z` that is missing or holds anything else means the
-/// stream was cut, and nothing is applied.
+/// record a line), `v` (files to check for conflicts first, when podloop
+/// knows what they held), `f/<path>` for every file and link, and finally
+/// `z` holding the nonce: a `z` that is missing or holds anything else means
+/// the stream was cut or tar failed, and nothing is applied.
 ///
 /// Records of `l`, each a letter and shell words:
 /// - `D PATH…`: delete these (files or folders), relative to the root;
 /// - `M DIR NAME…`: move the staged files `f/DIR/NAME…` into `ROOT/DIR`
 ///   with one `mv -t` (DIR is `''` for the root itself).
 ///
+/// Lines of `v`: `OLD NEW SKIP 'PATH'` (see `changed`). One `sha256sum`
+/// hashes every regular file among them; a file whose check fails with
+/// SKIP = 1 loses its staged copy, so the `mv` leaves the container's.
+///
 /// So the steady-state cost of a small save is four processes: `dd`, `tar`,
-/// one `mv` per folder touched, and the `rm` of the staging folder. `cd`
-/// into the folder keeps the argument list linear (no `set -- "$@" x` loop)
-/// and the names relative; a refused `mv` is retried file by file only to
-/// name the file that was refused. The staging folder is under the root
-/// (same filesystem), so a rename is atomic and a reader never sees a
-/// half-written file. tar `-m` gives extracted files the current mtime
-/// (container watchers fire), `-o` does not force tar's uid/gid onto the
-/// container.
+/// one `mv` per folder touched, and the `rm` of the staging folder (and one
+/// `sha256sum` when files are checked). `cd` into the folder keeps the
+/// argument list linear and the names relative; a refused `mv` is retried
+/// file by file only to name the file that was refused. The staging folder
+/// is under the root (same filesystem), so a rename is atomic and a reader
+/// never sees a half-written file. tar `-m` gives extracted files the
+/// current mtime (container watchers fire), `-o` does not force tar's
+/// uid/gid onto the container.
 const APPLY: &str = r#"
 apply() {
 root=$1 size=$2 reload=$3 nonce=$4
@@ -95,33 +161,37 @@ if [ ! -d "$root" ] && ! err=$(mkdir -p -- "$root" 2>&1); then
   take "$size" >/dev/null
   printf 'S\0%s\0' "$err"; return 4
 fi
-take "$size" | tar -x -m -o -f - -C "$root" 2>"$stage.e"
+# A cut stream and a failing disk both make tar fail; either way nothing
+# is applied, and a cut connection carries no report anyway.
+err=$($reader$size 2>/dev/null | tar -x -m -o -f - -C "$root" 2>&1)
 code=$?
 got=
 if [ -f "$stage/z" ]; then read -r got <"$stage/z"; fi
-if [ "$got" != "$nonce" ]; then
-  err=$(cat -- "$stage.e" 2>/dev/null)
-  rm -rf -- "$stage" "$stage.e"
-  # Slow path only: tell "not writable" from "stream cut".
-  if ! e=$(mkdir -p -- "$stage" 2>&1); then printf 'S\0%s\0' "$e"; return 4; fi
+if [ "$code" != 0 ] || [ "$got" != "$nonce" ]; then
   rm -rf -- "$stage"
-  printf 'T\0%s\0' "$err"; return 5
+  [ "$code" != 0 ] || { printf 'T\0%s\0' "tar ended before the batch's end marker"; return 5; }
+  # Slow path only: tell "cannot create the staging folder" apart.
+  if ! e=$(mkdir -p -- "$stage" 2>&1); then printf 'S\0%s\0' "$e"; return 6; fi
+  rm -rf -- "$stage"
+  printf 'X\0%s\0' "$err"; return 6
 fi
-if [ "$code" != 0 ]; then
-  err=$(cat -- "$stage.e" 2>/dev/null); rm -rf -- "$stage" "$stage.e"; printf 'X\0%s\0' "$err"; return 6
-fi
+cd -- "$root" 2>/dev/null || cd /
+if [ -f "$stage/v" ]; then verify; fi
 while IFS= read -r line; do
   eval "set -- ${line#? }"
   case $line in
   D*)
     cd -- "$root" 2>/dev/null || continue
-    rm -rf -- "$@" 2>/dev/null && continue
     for p; do
+      case $p in */*) if link_in "$root" "${p%/*}"; then link_refusal "$p"; continue; fi ;; esac
       e=$(rm -rf -- "$p" 2>&1) || printf 'F\0%s\0%s\0' "$p" "$e"
     done ;;
   M*)
     dir=$1; shift
     if [ -n "$dir" ]; then src=$stage/f/$dir dest=$root/$dir at=$dir/; else src=$stage/f dest=$root at=; fi
+    if [ -n "$dir" ] && link_in "$root" "$dir"; then
+      for n; do link_refusal "$at$n"; done; continue
+    fi
     if [ ! -d "$dest" ] && ! e=$(mkdir -p -- "$dest" 2>&1); then
       for n; do printf 'F\0%s\0%s\0' "$at$n" "$e"; done; continue
     fi
@@ -136,8 +206,35 @@ while IFS= read -r line; do
   esac
 done <"$stage/l"
 cd -- "$home" 2>/dev/null || cd /
-rm -rf -- "$stage" "$stage.e"
+rm -rf -- "$stage"
 run_reload "$reload"
+}
+verify() {
+hashed=
+set --
+while IFS=' ' read -r old new skip word; do
+  eval "p=$word"
+  if [ -f "$p" ] && [ ! -L "$p" ]; then
+    case $p in *"$nl"*) hashed=${hashed}0 ;; *) hashed=${hashed}1; set -- "$@" "$p" ;; esac
+  else hashed=${hashed}0
+  fi
+done <"$stage/v"
+if [ $# -gt 0 ]; then sha256sum -- "$@" >"$stage/h" 2>/dev/null; fi
+exec 4<"$stage/v"
+if [ -f "$stage/h" ]; then exec 5<"$stage/h"; else exec 5</dev/null; fi
+while IFS=' ' read -r old new skip word <&4; do
+  eval "p=$word"
+  known=0
+  case $hashed in
+  1*) IFS= read -r now <&5; now=${now#\\}; now=${now%% *}; [ -n "$now" ] && known=1 ;;
+  esac
+  hashed=${hashed#?}
+  if changed "$p" "$p" "$old" "$new" "$skip" && [ "$skip" = 1 ]; then
+    rm -f -- "$stage/f/$p"
+  fi
+done
+known=0
+exec 4<&- 5<&-
 }
 run_reload() {
 if [ -n "$1" ]; then
@@ -148,24 +245,34 @@ return 0
 }
 "#;
 
-/// `put_one ROOT SIZE RELOAD NONCE PATH`, the session's fast path for the
-/// most common batch, one saved file: SIZE raw bytes follow on stdin (no
-/// tar), then the line `NONCE`. `dd` writes them to a temporary file next to
-/// the destination and `mv` renames it into place: two processes, both a
-/// bare fork in busybox. The trailing nonce is the completion marker: `dd`
-/// stops short only at the end of stdin, and then the line is missing, so a
-/// cut stream is never renamed into place. The file is created under umask
-/// 022 (mode 0644, as tar would set it); executables, links and deletes go
-/// through `apply`.
+/// `put_one ROOT SIZE RELOAD NONCE PATH OLD NEW SKIP`, the session's fast
+/// path for the most common batch, one saved file: SIZE raw bytes follow on
+/// stdin (no tar), then the line `NONCE`. `dd` writes them to a temporary
+/// file next to the destination and `mv` renames it into place: two
+/// processes, both a bare fork in busybox (three when podloop knows what the
+/// file held and `sha256sum` checks it: OLD, NEW, SKIP as for `changed`).
+/// The trailing nonce is the completion marker: `dd` stops short only at the
+/// end of stdin, and then the line is missing, so a cut stream is never
+/// renamed into place. A write that fails (a full disk) leaves the rest of
+/// the file unread on stdin: return 7, and the session ends. The file is
+/// created under umask 022 (mode 0644, as tar would set it); executables,
+/// links and deletes go through `apply`.
 const PUT_ONE: &str = r#"
 put_one() {
-root=$1 size=$2 reload=$3 nonce=$4 path=$5
+root=$1 size=$2 reload=$3 nonce=$4 path=$5 old=${6:-.} new=$7 skip=$8
 if [ ! -d "$root" ] && ! err=$(mkdir -p -- "$root" 2>&1); then
   take "$size" >/dev/null; read -r got
   printf 'S\0%s\0' "$err"; return 4
 fi
 dir=$root refused=
-case $path in */*) dir=$root/${path%/*} ;; esac
+case $path in
+*/*)
+  dir=$root/${path%/*}
+  if link_in "$root" "${path%/*}"; then
+    take "$size" >/dev/null; read -r got
+    link_refusal "$path"; run_reload "$reload"; return 0
+  fi ;;
+esac
 if [ ! -d "$dir" ] && ! refused=$(mkdir -p -- "$dir" 2>&1); then dir=$root; fi
 tmp=$dir/.podloop-$nonce
 umask 022
@@ -175,12 +282,16 @@ if ! { : >"$tmp"; } 2>/dev/null; then
   printf 'S\0%s\0' "$err"; return 4
 fi
 umask "$mask"
-take "$size" >"$tmp"
+if ! take_to "$tmp" "$size"; then
+  rm -f -- "$tmp"; printf 'W\0%s\0%s\0' "$path" "${err##*: }"; return 7
+fi
 if ! read -r got || [ "$got" != "$nonce" ]; then
   rm -f -- "$tmp"; printf 'T\0%s\0' "the stream ended inside the file"; return 5
 fi
 if [ -n "$refused" ]; then
   rm -f -- "$tmp"; printf 'F\0%s\0%s\0' "$path" "$refused"
+elif changed "$root/$path" "$path" "$old" "$new" "$skip" && [ "$skip" = 1 ]; then
+  rm -f -- "$tmp"
 elif ! mv -f -T -- "$tmp" "$root/$path" 2>/dev/null; then
   err=$(mv -f -T -- "$tmp" "$root/$path" 2>&1) || { rm -f -- "$tmp"; printf 'F\0%s\0%s\0' "$path" "$err"; }
 fi
@@ -192,7 +303,7 @@ run_reload "$reload"
 /// size in bytes, `$3` reload command (may be empty), `$4` the batch's nonce.
 pub fn deliver_script() -> String {
     format!(
-        "{PRELUDE}{APPLY}\n{}",
+        "{PRELUDE}{CHECKS}{APPLY}\n{}",
         r#"apply "$1" "$2" "$3" "$4"; code=$?
 if [ "$code" = 0 ]; then printf 'K\0'; fi
 exit "$code"
@@ -210,20 +321,23 @@ exit "$code"
 /// marker unforgeable by a name).
 pub fn session_script() -> String {
     format!(
-        "{PRELUDE}{APPLY}{PUT_ONE}\n{}",
+        "{PRELUDE}{CHECKS}{APPLY}{PUT_ONE}\n{}",
         r#"mask=$(umask)
 printf 'H\0'
 while IFS=' ' read -r kind size nonce rest; do
   eval "set -- $rest"
   case $kind in
-    F) put_one "$1" "$size" "$2" "$nonce" "$3" ;;
+    F) put_one "$1" "$size" "$2" "$nonce" "$3" "$4" "$5" "$6" ;;
     *) apply "$1" "$size" "$2" "$nonce" ;;
   esac
-  if [ $? = 0 ]; then
+  code=$?
+  if [ "$code" = 0 ]; then
     printf 'K\0E\0%s\0' "$nonce"
   else
     printf 'E\0%s\0' "$nonce"
   fi
+  # Whatever stopped reading early left stdin out of step: never read on.
+  case $code in 0|4) ;; *) exit "$code" ;; esac
 done
 "#
     )
@@ -241,21 +355,44 @@ pub fn session_header(tar_len: u64, nonce: &str, root: &str, reload: &str) -> Ve
 
 /// The line that starts a one-file batch in a session: `size` raw bytes of
 /// the file at `path` (relative to `root`) follow, then the line `nonce`.
+/// `expect`, when podloop knows what the container held there, turns on the
+/// conflict check (see `put_one`).
 pub fn session_file_header(
     size: u64,
     nonce: &str,
     root: &str,
     reload: &str,
     path: &[u8],
+    expect: Option<&Expect>,
 ) -> Vec<u8> {
     let mut header = format!("F {size} {nonce} ").into_bytes();
     for word in [root.as_bytes(), reload.as_bytes(), path] {
         header.extend_from_slice(&sh_word(word));
         header.push(b' ');
     }
-    header.pop();
+    header.extend_from_slice(&expect_words(expect));
     header.push(b'\n');
     header
+}
+
+/// `OLD NEW SKIP` for the scripts' `changed` check: plain tokens (hex, `-`,
+/// `.`, digits), never quoted.
+pub fn expect_words(expect: Option<&Expect>) -> Vec<u8> {
+    match expect {
+        None => b". . 0".to_vec(),
+        Some(e) => {
+            let old = match &e.held {
+                Some(sha) => hex::encode(sha),
+                None => "-".into(),
+            };
+            format!(
+                "{old} {} {}",
+                hex::encode(e.new),
+                u8::from(e.skip_if_changed)
+            )
+            .into_bytes()
+        }
+    }
 }
 
 /// `bytes` as one single-quoted shell word that stays on one line: `'` is
@@ -303,10 +440,30 @@ pub struct DeliverReport {
     pub truncated: Option<String>,
     pub extract_failed: Option<String>,
     pub failed: Vec<(Vec<u8>, String)>,
+    pub write_failed: Option<(Vec<u8>, String)>,
+    pub conflicts: Vec<RemoteConflict>,
     pub reload_exit: Option<i32>,
     /// stdout and stderr of `reload`, interleaved as it wrote them.
     pub reload_output: Option<String>,
     pub complete: bool,
+}
+
+/// A file the container changed since podloop wrote it (see `changed` in
+/// the scripts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteConflict {
+    pub path: Vec<u8>,
+    pub now: RemoteState,
+    pub size: Option<u64>,
+    /// Left as the container has it (`on_conflict = "skip"`).
+    pub skipped: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RemoteState {
+    File([u8; 32]),
+    Absent,
+    NotAFile,
 }
 
 fn fields(stdout: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -335,6 +492,34 @@ pub fn parse_deliver_output(stdout: &[u8]) -> Result<DeliverReport, String> {
                 let path = it.next().ok_or_else(|| missing("F"))?.to_vec();
                 let reason = text(it.next().ok_or_else(|| missing("F"))?);
                 report.failed.push((path, reason));
+            }
+            b"W" => {
+                let path = it.next().ok_or_else(|| missing("W"))?.to_vec();
+                let reason = text(it.next().ok_or_else(|| missing("W"))?);
+                report.write_failed = Some((path, reason));
+            }
+            b"C" => {
+                let path = it.next().ok_or_else(|| missing("C"))?.to_vec();
+                let now = text(it.next().ok_or_else(|| missing("C"))?);
+                let size = text(it.next().ok_or_else(|| missing("C"))?);
+                let skipped = text(it.next().ok_or_else(|| missing("C"))?) == "1";
+                let now = match now.as_str() {
+                    "-" => RemoteState::Absent,
+                    "?" => RemoteState::NotAFile,
+                    hex_sha => {
+                        let mut sha = [0u8; 32];
+                        hex::decode_to_slice(hex_sha, &mut sha).map_err(|_| {
+                            format!("conflict record holds `{hex_sha}`, not a sha256")
+                        })?;
+                        RemoteState::File(sha)
+                    }
+                };
+                report.conflicts.push(RemoteConflict {
+                    path,
+                    now,
+                    size: size.parse().ok(),
+                    skipped,
+                });
             }
             b"R" => {
                 let code = text(it.next().ok_or_else(|| missing("R"))?);

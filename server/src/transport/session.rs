@@ -92,7 +92,14 @@ impl Session {
         let reload = upload.reload.as_deref().unwrap_or("");
         let nonce = &plan.nonce;
         let header = match &plan.single_file {
-            Some(path) => remote::session_file_header(plan.len, nonce, root, reload, path),
+            Some(path) => remote::session_file_header(
+                plan.len,
+                nonce,
+                root,
+                reload,
+                path,
+                plan.single_expect.as_ref(),
+            ),
             None => remote::session_header(plan.len, nonce, root, reload),
         };
         // Header, content and trailer go out together: a small batch is one
@@ -210,7 +217,11 @@ impl SessionPool {
             Err(e @ (TransportError::Partial { .. } | TransportError::MissingTool { .. })) => {
                 Err(e)
             }
-            Err(e @ (TransportError::LocalChanged { .. } | TransportError::RemoteWrite { .. })) => {
+            Err(
+                e @ (TransportError::LocalChanged { .. }
+                | TransportError::RemoteWrite { .. }
+                | TransportError::NoSpace { .. }),
+            ) => {
                 // Mid-batch, or tar died before reading all of its bytes: the
                 // session's stdin may be out of step, so it is not reused.
                 *guard = None;

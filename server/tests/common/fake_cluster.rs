@@ -210,6 +210,7 @@ impl Cluster for FakeCluster {
         Ok(Delivery {
             bytes_sent,
             reload: None,
+            conflicts: Vec::new(),
         })
     }
 
