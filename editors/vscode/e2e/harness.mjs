@@ -28,7 +28,15 @@ export const bins = {
   kubectl: process.env.KUBECTL_BIN ?? '/usr/bin/kubectl',
 };
 export const vsix = path.join(extensionDir, 'podloop.vsix');
-export const imagesDir = path.join(extensionDir, 'images');
+/**
+ * Where the screenshots go: the README's `images/` only when asked
+ * (PODLOOP_UPDATE_SCREENSHOTS=1), so that an ordinary run, in CI or not,
+ * leaves the checkout clean; otherwise `out/screenshots/` (ignored by git).
+ */
+export const updateScreenshots = process.env.PODLOOP_UPDATE_SCREENSHOTS === '1';
+export const screenshotsDir = updateScreenshots
+  ? path.join(extensionDir, 'images')
+  : path.join(extensionDir, 'out', 'screenshots');
 
 export function log(message) {
   console.log(`[e2e ${new Date().toISOString().slice(11, 23)}] ${message}`);

@@ -21,7 +21,7 @@ import {
   bins,
   checkPrerequisites,
   execFileAsync,
-  imagesDir,
+  screenshotsDir,
   log,
   mainProgram,
   notification,
@@ -148,9 +148,9 @@ await mainProgram('sync', async (run) => {
     { timeoutMs: 10_000 },
   );
   log(`hover: ${hoverText.replace(/\s+/g, ' ').slice(0, 200)}`);
-  fs.mkdirSync(imagesDir, { recursive: true });
-  await page.screenshot({ path: path.join(imagesDir, 'status-bar.png') });
-  log('screenshot: images/status-bar.png');
+  fs.mkdirSync(screenshotsDir, { recursive: true });
+  await page.screenshot({ path: path.join(screenshotsDir, 'status-bar.png') });
+  log(`screenshot: ${path.join(screenshotsDir, 'status-bar.png')}`);
   await page.mouse.move(640, 300);
 
   // Break the target: the pod goes away, and the next save cannot be delivered.
@@ -179,6 +179,6 @@ await mainProgram('sync', async (run) => {
     throw new Error(`the server's message has no "Show logs" button: ${await toast.innerText()}`);
   }
   log(`notification: ${(await toast.innerText()).replace(/\s+/g, ' ')}`);
-  await page.screenshot({ path: path.join(imagesDir, 'error-state.png') });
-  log('screenshot: images/error-state.png');
+  await page.screenshot({ path: path.join(screenshotsDir, 'error-state.png') });
+  log(`screenshot: ${path.join(screenshotsDir, 'error-state.png')}`);
 });
