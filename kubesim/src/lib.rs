@@ -118,6 +118,10 @@ impl Sim {
             .canonicalize()
             .with_context(|| format!("resolving {}", opts.dir.display()))?;
         std::fs::create_dir_all(dir.join("pods"))?;
+        volumes::sweep_stale_mounts();
+        // Lets a later sim unmount this one's volumes if this process is killed (no Drop runs).
+        std::fs::write(dir.join(volumes::OWNER_FILE), volumes::owner_line())
+            .context("writing the sim's owner file")?;
         let tls = tls::generate()?;
         let listener = TcpListener::bind(("127.0.0.1", opts.port))
             .await

@@ -235,9 +235,113 @@ pub fn unmount_all(mounts: &[PathBuf]) {
     }
 }
 
+/// Names the process that owns a sim folder's mounts: `PID STARTTIME`, the start time (from
+/// `/proc/PID/stat`) telling a live owner from a reused pid.
+pub const OWNER_FILE: &str = "kubesim.owner";
+
+fn process_start_time(pid: u32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, counted after the parenthesised command name (which may hold spaces).
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)
+        .map(String::from)
+}
+
+pub fn owner_line() -> String {
+    let pid = std::process::id();
+    format!("{pid} {}", process_start_time(pid).unwrap_or_default())
+}
+
+fn owner_alive(line: &str) -> bool {
+    let mut parts = line.split_whitespace();
+    let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    pid.parse()
+        .ok()
+        .and_then(process_start_time)
+        .is_some_and(|now| now == start)
+}
+
+/// A mount point as `/proc/self/mountinfo` writes it: space, tab, newline and backslash as
+/// `\ooo` octal escapes.
+fn unescape_mount_point(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value = bytes[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            out.push(value as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
+/// Unmounts volumes that a killed kubesim left behind (a killed process runs no `Drop`):
+/// mounts under some `SIMDIR/pods/` whose `SIMDIR/kubesim.owner` names a process that is gone.
+/// Returns how many it unmounted.
+pub fn sweep_stale_mounts() -> usize {
+    let Ok(table) = fs::read_to_string("/proc/self/mountinfo") else {
+        return 0;
+    };
+    let points: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mount_point)
+        .collect();
+    let mut swept = 0;
+    // Newest first: a container's bind goes before the volume under it.
+    for point in points.iter().rev() {
+        let Some(sim_dir) = point
+            .ancestors()
+            .find(|a| a.file_name().is_some_and(|n| n == "pods"))
+            .and_then(Path::parent)
+        else {
+            continue;
+        };
+        let Ok(owner) = fs::read_to_string(sim_dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        if !owner_alive(&owner) {
+            tracing::info!(
+                "unmounting {} left by a kubesim that is gone",
+                point.display()
+            );
+            unmount(point);
+            swept += 1;
+        }
+    }
+    swept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_are_unescaped_and_owners_checked() {
+        assert_eq!(
+            unescape_mount_point("/tmp/a\\040b/c\\134d"),
+            PathBuf::from("/tmp/a b/c\\d")
+        );
+        assert!(owner_alive(&owner_line()));
+        assert!(!owner_alive("1 not-its-start-time"));
+        assert!(!owner_alive(""));
+    }
 
     #[test]
     fn quantities_in_binary_and_decimal_units() {

@@ -261,3 +261,42 @@ async fn volumes_kubesim_cannot_honour_are_refused_before_anything_is_mounted() 
     assert!(sim.pod_names("default").is_empty());
     assert_eq!(mounts_under(&sim.dir()), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_new_sim_unmounts_volumes_left_by_a_killed_one_and_only_those() {
+    if !busybox_or_skip() {
+        return;
+    }
+    let (live, _live_dir) = start().await;
+    live.create_pod(
+        PodTemplate::new("db")
+            .container("app", Image::Busybox)
+            .memory_volume("data", "64Ki", "/data"),
+    )
+    .await
+    .unwrap();
+    // What a kubesim killed by SIGKILL leaves: its folder, its owner file naming a process that
+    // is gone, and a volume still mounted.
+    let stale = tempfile::tempdir().unwrap();
+    let point = stale.path().join("pods/0000/volumes/data");
+    std::fs::create_dir_all(&point).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4k", "tmpfs"])
+        .arg(&point)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(stale.path().join("kubesim.owner"), format!("{gone_pid} 1")).unwrap();
+    assert_eq!(mounts_under(stale.path()).len(), 1);
+
+    let (_next, _next_dir) = start().await;
+    assert_eq!(mounts_under(stale.path()), Vec::<String>::new());
+    assert_eq!(
+        mounts_under(&live.dir()).len(),
+        2,
+        "a live sim's volumes stay mounted"
+    );
+}
