@@ -9,7 +9,7 @@
 
 mod proxy;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -559,6 +559,66 @@ fn cpu_used(client: &LspClient, before: Option<Duration>, saves: usize) -> Optio
     Some(after.saturating_sub(before?) / saves.max(1) as u32)
 }
 
+/// Where the CPU of a run goes, beside the server's: kubesim runs inside
+/// this process, and the containers' processes (the warm sessions' `sh`
+/// with the `dd`, `mv`, `sha256sum` they reap) descend from it. On a real
+/// cluster the containers' share is spent on the pods' own nodes.
+#[derive(Clone, Copy)]
+struct SideCpu {
+    kubesim: Duration,
+    containers: Duration,
+}
+
+impl SideCpu {
+    fn now(server: Option<u32>) -> Option<SideCpu> {
+        let own = std::process::id();
+        let mut parents: HashMap<u32, u32> = HashMap::new();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if let Some(ppid) = proc_stat_fields(pid).and_then(|f| f.get(1)?.parse().ok()) {
+                parents.insert(pid, ppid);
+            }
+        }
+        let descends = |mut pid: u32| {
+            while let Some(&parent) = parents.get(&pid) {
+                if Some(pid) == server {
+                    return false;
+                }
+                if parent == own {
+                    return true;
+                }
+                pid = parent;
+            }
+            false
+        };
+        let containers = parents
+            .keys()
+            .filter(|pid| descends(**pid))
+            .filter_map(|pid| cpu_time_with_children(*pid))
+            .sum();
+        Some(SideCpu {
+            kubesim: cpu_time(own)?,
+            containers,
+        })
+    }
+
+    fn per_save(before: Option<SideCpu>, after: Option<SideCpu>, saves: usize) -> Option<SideCpu> {
+        let (before, after) = (before?, after?);
+        let n = saves.max(1) as u32;
+        Some(SideCpu {
+            kubesim: after.kubesim.saturating_sub(before.kubesim) / n,
+            containers: after.containers.saturating_sub(before.containers) / n,
+        })
+    }
+
+    fn report(self, report: &mut Report) {
+        report.figure("kubesim + bench CPU per save", ms(self.kubesim), "ms");
+        report.figure("containers' CPU per save", ms(self.containers), "ms");
+    }
+}
+
 fn latency_figures(report: &mut Report, samples: &[Duration]) {
     report.figure("saves", samples.len() as f64, "");
     report.figure("p50", ms(percentile(samples, 0.5)), "ms");
@@ -625,16 +685,32 @@ async fn kubectl_p50(
     Ok(percentile(&samples, 0.5))
 }
 
-/// CPU time (user + system) the process has used so far.
-fn cpu_time(pid: u32) -> Option<Duration> {
+/// The fields of `/proc/PID/stat` after the command name (which may hold
+/// spaces, in parentheses): `[0]` is the state, `[1]` the parent pid.
+fn proc_stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces, in parentheses.
     let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(after.split_whitespace().map(String::from).collect())
+}
+
+fn ticks(fields: &[String], at: std::ops::Range<usize>) -> Option<Duration> {
+    let mut total = 0u64;
+    for i in at {
+        total += fields.get(i)?.parse::<u64>().ok()?;
+    }
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    Some(Duration::from_secs_f64(total as f64 / per_second as f64))
+}
+
+/// CPU time (user + system) the process has used so far.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    ticks(&proc_stat_fields(pid)?, 11..13)
+}
+
+/// The same plus what its reaped children used.
+fn cpu_time_with_children(pid: u32) -> Option<Duration> {
+    ticks(&proc_stat_fields(pid)?, 11..15)
 }
 
 fn rss_kib(pid: u32, key: &str) -> Option<u64> {
@@ -657,12 +733,17 @@ async fn single_save(env: &Env, report: &mut Report) -> anyhow::Result<Duration>
     let pod_file = in_pod(env, "single-0", "main.rs")?;
     let mut waiter = DiskWaiter::new(&[pod_file.parent().unwrap().to_path_buf()])?;
     let cpu_before = client.pid().and_then(cpu_time);
+    let side_before = SideCpu::now(client.pid());
     let samples = timed_saves(&client, &file, &[pod_file], &mut waiter, s.warmup, s.saves).await?;
     let cpu = cpu_used(&client, cpu_before, s.warmup + s.saves);
+    let side = SideCpu::per_save(side_before, SideCpu::now(client.pid()), s.warmup + s.saves);
     client.stop().await?;
     latency_figures(report, &samples);
     if let Some(per_save) = cpu {
         report.figure("server CPU per save", ms(per_save), "ms");
+    }
+    if let Some(side) = side {
+        side.report(report);
     }
     if let Some(kib) = idle_rss {
         report.figure("server idle RSS", kib as f64 * 1024.0, "B");
@@ -904,6 +985,7 @@ async fn fan_out(
         .collect();
     let mut waiter = DiskWaiter::new(&dirs)?;
     let cpu_before = client.pid().and_then(cpu_time);
+    let side_before = SideCpu::now(client.pid());
     let samples = timed_saves(
         &client,
         &file,
@@ -914,11 +996,19 @@ async fn fan_out(
     )
     .await?;
     let cpu = cpu_used(&client, cpu_before, s.warmup + s.fan_saves);
+    let side = SideCpu::per_save(
+        side_before,
+        SideCpu::now(client.pid()),
+        s.warmup + s.fan_saves,
+    );
     client.stop().await?;
     report.figure("replicas", s.replicas as f64, "");
     latency_figures(report, &samples);
     if let Some(per_save) = cpu {
         report.figure("server CPU per save", ms(per_save), "ms");
+    }
+    if let Some(side) = side {
+        side.report(report);
     }
     let p50 = percentile(&samples, 0.5);
     // Baseline: one `kubectl cp` per replica, one after the other.

@@ -310,6 +310,12 @@ impl<C: Cluster> MainLoop<C> {
                 },
                 Some(event) = events.recv() => self.on_event(event),
             }
+            // Whatever else is already queued (the other replicas' results of
+            // a fan-out, a burst of saves) joins this turn: one dispatch and
+            // one status for all of it, as rust-analyzer's loop coalesces.
+            while let Ok(event) = events.try_recv() {
+                self.on_event(event);
+            }
             self.after_event();
         }
     }

@@ -77,6 +77,10 @@ pub(crate) struct BatchOutcome {
     pub elapsed: Duration,
 }
 
+/// Batches of at most this many changed paths are planned on the async
+/// worker itself (see `run_batch`).
+const INLINE_PLAN_PATHS: usize = 4;
+
 pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) -> BatchOutcome {
     let started = Instant::now();
     let kind = req.kind;
@@ -106,8 +110,20 @@ pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) ->
     let mapping = req.mapping.clone();
     let target = req.target.clone();
     let force_reload = req.force_reload;
-    // Hashing files is blocking disk work: keep it off the async workers.
-    let planned = tokio::task::spawn_blocking(move || plan(&req, manifest.as_ref())).await;
+    // Hashing files is blocking disk work: keep it off the async workers,
+    // unless it is a few saved files (a folder may hold thousands), where the hop to the blocking pool (two
+    // thread wake-ups per target) costs more than the reads themselves.
+    let small = kind == BatchKind::Changes
+        && req.paths.len() <= INLINE_PLAN_PATHS
+        && req
+            .paths
+            .iter()
+            .all(|p| !req.mapping.local_path(p).is_dir());
+    let planned = if small {
+        Ok(plan(&req, manifest.as_ref()))
+    } else {
+        tokio::task::spawn_blocking(move || plan(&req, manifest.as_ref())).await
+    };
     let plan = match planned {
         Ok(p) => p,
         Err(e) => {

@@ -388,7 +388,8 @@ impl ByteSink for super::exec::Exec {
 /// planned is an error: the caller aborts the exec, so the container sees a
 /// broken stream (and applies nothing), never a mix of old and new content.
 pub async fn stream<S: ByteSink>(pieces: &[Piece], sink: &mut S) -> Result<(), TransportError> {
-    let mut buffer = vec![0u8; 64 * 1024];
+    // Only a file streamed from disk needs it: a small save is all bytes.
+    let mut buffer = Vec::new();
     for piece in pieces {
         match piece {
             Piece::Bytes(bytes) => sink.write(bytes).await?,
@@ -400,6 +401,7 @@ pub async fn stream<S: ByteSink>(pieces: &[Piece], sink: &mut S) -> Result<(), T
                 let mut file = tokio::fs::File::open(local)
                     .await
                     .map_err(|e| changed(format!("cannot open it: {e}")))?;
+                buffer.resize(64 * 1024, 0);
                 let mut left = *size;
                 while left > 0 {
                     let want = buffer.len().min(left as usize);
