@@ -346,7 +346,16 @@ async fn a_file_the_server_cannot_read_is_reported_and_lands_once_readable() {
     let diagnostics = server.diagnostics(&secret, is_unreadable_error);
     eprintln!("diagnostic on secret.txt: {diagnostics:?}");
     assert_eq!(diagnostics[0]["severity"], 1, "an Error: {diagnostics:?}");
-    server.quiescent();
+    // Not pending (nothing to retry until it changes), but not in the pod
+    // either: the status bar says so.
+    let status = server.quiescent();
+    assert_eq!(status["health"], "warning", "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1 file not synced")),
+        "{status}"
+    );
     assert_eq!(
         sim.read_file("default", "api-1", "app", "/app/readable.txt")
             .unwrap(),
@@ -361,7 +370,8 @@ async fn a_file_the_server_cannot_read_is_reported_and_lands_once_readable() {
     chmod(&secret, 0o644);
     server.save(&secret);
     server.diagnostics(&secret, |d| d.is_empty());
-    server.quiescent();
+    let status = server.quiescent();
+    assert_eq!(status["health"], "ok", "{status}");
     assert_eq!(
         sim.read_file("default", "api-1", "app", "/app/secret.txt")
             .unwrap(),

@@ -1722,6 +1722,24 @@ impl<C: Cluster> MainLoop<C> {
                 warnings.push(format!("{}: {e}", m.info.name));
             }
         }
+        // A file that could not be sent for a local reason (unreadable) is
+        // not pending, but it is not in the pod either: the status says so.
+        let unsent = self
+            .problems
+            .values()
+            .filter(|sources| {
+                sources.iter().any(|(source, problems)| {
+                    matches!(source, ProblemSource::Local(_))
+                        && problems.iter().any(|p| p.severity == Level::Error)
+                })
+            })
+            .count();
+        if unsent > 0 {
+            warnings.push(format!(
+                "{unsent} file{} not synced (see the file's diagnostic)",
+                if unsent == 1 { "" } else { "s" }
+            ));
+        }
         let transient_resolve = self
             .mappings
             .values()

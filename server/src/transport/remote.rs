@@ -283,6 +283,7 @@ if ! { : >"$tmp"; } 2>/dev/null; then
 fi
 umask "$mask"
 if ! take_to "$tmp" "$size"; then
+  err=${err%%"$nl"*}
   rm -f -- "$tmp"; printf 'W\0%s\0%s\0' "$path" "${err##*: }"; return 7
 fi
 if ! read -r got || [ "$got" != "$nonce" ]; then
