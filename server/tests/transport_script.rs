@@ -3,6 +3,8 @@
 //! only busybox applets. No cluster involved: this pins down the script and
 //! the framing; `transport_kubesim.rs` covers the wire.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Write;
@@ -11,6 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::tree::{file, paths, tree, Node};
 use podloop::transport::ops::{deliver_argv, manifest_argv};
 use podloop::transport::payload::{self, UploadEntry, UploadOp};
 use podloop::transport::remote::{self, ManifestOutput};
@@ -53,14 +56,9 @@ fn busybox_bin(dir: &Path, without: &[&str]) -> PathBuf {
     bin
 }
 
-/// Runs `argv` (whose first element is `sh`) the way the container would.
-fn run(
-    shell: Shell,
-    scratch: &Path,
-    argv: &[String],
-    stdin: &[u8],
-    without: &[&str],
-) -> (i32, Vec<u8>, Vec<u8>) {
+/// The `sh` of `shell`, started in `scratch/cwd` (made here); a busybox
+/// shell gets a PATH of busybox applets without `without`.
+fn shell_command(shell: Shell, scratch: &Path, without: &[&str]) -> Command {
     let mut command = match shell {
         Shell::Host => Command::new("/bin/sh"),
         Shell::Busybox => {
@@ -72,9 +70,21 @@ fn run(
     };
     let cwd = scratch.join("cwd");
     std::fs::create_dir_all(&cwd).unwrap();
+    command.current_dir(cwd);
+    command
+}
+
+/// Runs `argv` (whose first element is `sh`) the way the container would.
+fn run(
+    shell: Shell,
+    scratch: &Path,
+    argv: &[String],
+    stdin: &[u8],
+    without: &[&str],
+) -> (i32, Vec<u8>, Vec<u8>) {
+    let mut command = shell_command(shell, scratch, without);
     command
         .args(&argv[1..])
-        .current_dir(&cwd)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -90,47 +100,6 @@ fn run(
     (out.status.code().unwrap_or(-1), out.stdout, out.stderr)
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Node {
-    File { content: Vec<u8>, mode: u32 },
-    Link(Vec<u8>),
-    Dir,
-}
-
-fn tree(root: &Path) -> BTreeMap<Vec<u8>, Node> {
-    let mut out = BTreeMap::new();
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Node>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let rel = path
-                .strip_prefix(root)
-                .unwrap()
-                .as_os_str()
-                .as_bytes()
-                .to_vec();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&path).unwrap();
-                out.insert(rel, Node::Link(target.as_os_str().as_bytes().to_vec()));
-            } else if meta.is_dir() {
-                out.insert(rel, Node::Dir);
-                walk(root, &path, out);
-            } else {
-                out.insert(
-                    rel,
-                    Node::File {
-                        content: std::fs::read(&path).unwrap(),
-                        mode: meta.permissions().mode() & 0o777,
-                    },
-                );
-            }
-        }
-    }
-    walk(root, root, &mut out);
-    out
-}
-
 fn os(bytes: &[u8]) -> &Path {
     Path::new(OsStr::from_bytes(bytes))
 }
@@ -141,6 +110,13 @@ struct Local {
 }
 
 impl Local {
+    /// Staged copies of the files to send go in `dir`.
+    fn new(dir: &Path) -> Local {
+        Local {
+            dir: dir.to_path_buf(),
+            entries: Vec::new(),
+        }
+    }
     fn put(&mut self, rel: &[u8], content: &[u8], executable: bool) {
         let local = self.dir.join(format!("src-{}", self.entries.len()));
         std::fs::write(&local, content).unwrap();
@@ -231,84 +207,33 @@ async fn full_tree_case(shell: Shell) {
 
     let local_dir = scratch.path().join("local");
     std::fs::create_dir_all(&local_dir).unwrap();
-    let mut local = Local {
-        dir: local_dir,
-        entries: Vec::new(),
-    };
+    let mut local = Local::new(&local_dir);
     let mut expected: BTreeMap<Vec<u8>, Node> = BTreeMap::new();
-    expected.insert(
-        b"kept".to_vec(),
-        Node::File {
-            content: b"untouched".to_vec(),
-            mode: 0o644,
-        },
-    );
+    expected.insert(b"kept".to_vec(), file(b"untouched", 0o644));
     for (i, name) in hostile_names().into_iter().enumerate() {
         let content = format!("content {i}\n").into_bytes();
         local.put(name, &content, false);
-        expected.insert(
-            name.to_vec(),
-            Node::File {
-                content,
-                mode: 0o644,
-            },
-        );
+        expected.insert(name.to_vec(), file(&content, 0o644));
     }
     let big: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     local.put(b"big.bin", &big, false);
-    expected.insert(
-        b"big.bin".to_vec(),
-        Node::File {
-            content: big,
-            mode: 0o644,
-        },
-    );
+    expected.insert(b"big.bin".to_vec(), file(&big, 0o644));
     local.put(b"empty", b"", false);
-    expected.insert(
-        b"empty".to_vec(),
-        Node::File {
-            content: vec![],
-            mode: 0o644,
-        },
-    );
+    expected.insert(b"empty".to_vec(), file(b"", 0o644));
     local.put(b"run.sh", b"#!/bin/sh\necho hi\n", true);
-    expected.insert(
-        b"run.sh".to_vec(),
-        Node::File {
-            content: b"#!/bin/sh\necho hi\n".to_vec(),
-            mode: 0o755,
-        },
-    );
+    expected.insert(b"run.sh".to_vec(), file(b"#!/bin/sh\necho hi\n", 0o755));
     local.put(b"replaced", b"new content", false);
-    expected.insert(
-        b"replaced".to_vec(),
-        Node::File {
-            content: b"new content".to_vec(),
-            mode: 0o644,
-        },
-    );
+    expected.insert(b"replaced".to_vec(), file(b"new content", 0o644));
     local.put(b"a/b c/d\ne/nested $(x).txt", b"deep", false);
     expected.insert(b"a".to_vec(), Node::Dir);
     expected.insert(b"a/b c".to_vec(), Node::Dir);
     expected.insert(b"a/b c/d\ne".to_vec(), Node::Dir);
-    expected.insert(
-        b"a/b c/d\ne/nested $(x).txt".to_vec(),
-        Node::File {
-            content: b"deep".to_vec(),
-            mode: 0o644,
-        },
-    );
+    expected.insert(b"a/b c/d\ne/nested $(x).txt".to_vec(), file(b"deep", 0o644));
     let long = format!("long/{}/{}", "d".repeat(120), "n".repeat(150));
     local.put(long.as_bytes(), b"long", false);
     expected.insert(b"long".to_vec(), Node::Dir);
     expected.insert(format!("long/{}", "d".repeat(120)).into_bytes(), Node::Dir);
-    expected.insert(
-        long.clone().into_bytes(),
-        Node::File {
-            content: b"long".to_vec(),
-            mode: 0o644,
-        },
-    );
+    expected.insert(long.clone().into_bytes(), file(b"long", 0o644));
     local.link(b"link", b"run.sh");
     expected.insert(b"link".to_vec(), Node::Link(b"run.sh".to_vec()));
     local.delete(b"gone-dir");
@@ -316,13 +241,7 @@ async fn full_tree_case(shell: Shell) {
     local.delete(b"old name");
     local.put(b"new name/renamed", b"r", false);
     expected.insert(b"new name".to_vec(), Node::Dir);
-    expected.insert(
-        b"new name/renamed".to_vec(),
-        Node::File {
-            content: b"r".to_vec(),
-            mode: 0o644,
-        },
-    );
+    expected.insert(b"new name/renamed".to_vec(), file(b"r", 0o644));
 
     let (plan, bytes) = payload_bytes(&local.entries).await;
     let argv = deliver_argv(
@@ -345,15 +264,7 @@ async fn full_tree_case(shell: Shell) {
     );
 
     let actual = tree(&root);
-    let actual_keys: Vec<_> = actual
-        .keys()
-        .map(|k| String::from_utf8_lossy(k).to_string())
-        .collect();
-    let expected_keys: Vec<_> = expected
-        .keys()
-        .map(|k| String::from_utf8_lossy(k).to_string())
-        .collect();
-    assert_eq!(actual_keys, expected_keys, "{shell:?}: tree differs");
+    assert_eq!(paths(&actual), paths(&expected), "{shell:?}: tree differs");
     assert_eq!(actual, expected, "{shell:?}: content or modes differ");
     assert!(!scratch.path().join("PWNED").exists());
     assert!(!work.join("PWNED").exists());
@@ -376,10 +287,7 @@ async fn truncated_case(shell: Shell) {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("a"), b"old").unwrap();
     std::fs::write(root.join("doomed"), b"keep me").unwrap();
-    let mut local = Local {
-        dir: scratch.path().to_path_buf(),
-        entries: Vec::new(),
-    };
+    let mut local = Local::new(scratch.path());
     local.put(b"a", &vec![b'n'; 100_000], false);
     local.put(b"b", b"b", false);
     local.delete(b"doomed");
@@ -454,10 +362,7 @@ fn host_bin_without(dir: &Path, without: &str) -> PathBuf {
 async fn missing_tar_is_reported_by_name() {
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path().join("root");
-    let mut local = Local {
-        dir: scratch.path().to_path_buf(),
-        entries: Vec::new(),
-    };
+    let mut local = Local::new(scratch.path());
     local.put(b"a", b"a", false);
     let (plan, bytes) = payload_bytes(&local.entries).await;
     let argv = deliver_argv(root.to_str().unwrap(), &plan, None);
@@ -480,10 +385,7 @@ async fn failing_reload_reports_its_exit_code() {
     for shell in [Shell::Host, Shell::Busybox] {
         let scratch = tempfile::tempdir().unwrap();
         let root = scratch.path().join("root");
-        let mut local = Local {
-            dir: scratch.path().to_path_buf(),
-            entries: Vec::new(),
-        };
+        let mut local = Local::new(scratch.path());
         local.put(b"a", b"a", false);
         let (plan, bytes) = payload_bytes(&local.entries).await;
         let argv = deliver_argv(root.to_str().unwrap(), &plan, Some("echo boom >&2; exit 7"));
@@ -508,10 +410,7 @@ async fn an_entry_the_container_refuses_is_reported_and_the_rest_lands() {
         let root = scratch.path().join("root");
         // A non-empty folder where a file should go, without a delete for it.
         std::fs::create_dir_all(root.join("blocked/inner")).unwrap();
-        let mut local = Local {
-            dir: scratch.path().to_path_buf(),
-            entries: Vec::new(),
-        };
+        let mut local = Local::new(scratch.path());
         local.put(b"blocked", b"file", false);
         local.put(b"fine", b"fine", false);
         let (plan, bytes) = payload_bytes(&local.entries).await;
@@ -604,23 +503,12 @@ struct SessionShell {
 
 impl SessionShell {
     fn start(shell: Shell, scratch: &Path, path: Option<&Path>) -> SessionShell {
-        let mut command = match shell {
-            Shell::Host => Command::new("/bin/sh"),
-            Shell::Busybox => {
-                let bin = busybox_bin(scratch, &[]);
-                let mut c = Command::new(bin.join("sh"));
-                c.env("PATH", bin);
-                c
-            }
-        };
+        let mut command = shell_command(shell, scratch, &[]);
         if let Some(path) = path {
             command.env("PATH", path);
         }
-        let cwd = scratch.join("cwd");
-        std::fs::create_dir_all(&cwd).unwrap();
         let mut child = command
             .args(["-c", &remote::session_script(), "podloop-session"])
-            .current_dir(&cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -727,6 +615,16 @@ impl SessionShell {
     }
 }
 
+/// Names in `root` that podloop made for itself (staging folders,
+/// temporaries); `root` must exist.
+fn podloop_entries(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".podloop"))
+        .collect()
+}
+
 fn staging_folders(root: &Path) -> Vec<String> {
     std::fs::read_dir(root)
         .map(|dir| {
@@ -782,19 +680,13 @@ async fn a_session_applies_batch_after_batch_and_a_small_save_costs_four_process
     };
 
     // The first batch creates the root; later ones are the steady state.
-    let mut local = Local {
-        dir: scratch.path().to_path_buf(),
-        entries: Vec::new(),
-    };
+    let mut local = Local::new(scratch.path());
     local.put(b"main.rs", b"v0", false);
     let report = remote::parse_deliver_output(&session.batch(&root, &local.entries, "").await);
     assert!(report.unwrap().complete);
     for i in 1..=3 {
         let _ = std::fs::remove_file(&log);
-        let mut local = Local {
-            dir: scratch.path().to_path_buf(),
-            entries: Vec::new(),
-        };
+        let mut local = Local::new(scratch.path());
         local.put(b"main.rs", format!("v{i}").as_bytes(), false);
         let out = session.batch(&root, &local.entries, "").await;
         let report = remote::parse_deliver_output(&out).unwrap();
@@ -813,10 +705,7 @@ async fn a_session_applies_batch_after_batch_and_a_small_save_costs_four_process
     // batch into another root on the same session.
     std::fs::create_dir_all(root.join("old dir/x")).unwrap();
     std::fs::write(root.join("old file"), b"x").unwrap();
-    let mut local = Local {
-        dir: scratch.path().to_path_buf(),
-        entries: Vec::new(),
-    };
+    let mut local = Local::new(scratch.path());
     local.delete(b"old dir");
     local.delete(b"old file");
     for name in hostile_names() {
@@ -848,10 +737,7 @@ async fn a_session_applies_batch_after_batch_and_a_small_save_costs_four_process
     assert_eq!(mvs, 2, "one mv per folder: {:?}", spawned());
 
     let other = scratch.path().join("other root");
-    let mut local = Local {
-        dir: scratch.path().to_path_buf(),
-        entries: Vec::new(),
-    };
+    let mut local = Local::new(scratch.path());
     local.put(b"a", b"other", false);
     let report = remote::parse_deliver_output(&session.batch(&other, &local.entries, "").await);
     assert!(report.unwrap().complete);
@@ -871,10 +757,7 @@ async fn a_session_survives_an_unwritable_root_and_keeps_reading_in_step() {
         let blocked = scratch.path().join("blocked/app");
         let root = scratch.path().join("app");
         let mut session = SessionShell::start(shell, scratch.path(), None);
-        let mut local = Local {
-            dir: scratch.path().to_path_buf(),
-            entries: Vec::new(),
-        };
+        let mut local = Local::new(scratch.path());
         local.put(b"big", &vec![b'b'; 300_000], false);
         let out = session.batch(&blocked, &local.entries, "").await;
         let report = remote::parse_deliver_output(&out).unwrap();
@@ -952,11 +835,7 @@ fn one_saved_file_takes_the_fast_path_dd_and_mv_only() {
             "cut {cut}: {report:?}"
         );
         assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), before);
-        let leftovers: Vec<_> = std::fs::read_dir(&root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".podloop"))
-            .collect();
+        let leftovers = podloop_entries(&root);
         assert!(leftovers.is_empty(), "{leftovers:?}");
         // It does not read on from a stream that lost its step.
         assert_eq!(session.child.wait().unwrap().code(), Some(5));
@@ -1026,11 +905,7 @@ fn a_save_over_a_file_changed_in_the_container_is_reported_and_follows_on_confli
             std::fs::read(root.join("main.rs")).unwrap(),
             b"theirs again"
         );
-        let leftovers: Vec<_> = std::fs::read_dir(&root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".podloop"))
-            .collect();
+        let leftovers = podloop_entries(&root);
         assert!(leftovers.is_empty(), "{shell:?}: {leftovers:?}");
 
         // The container already holds what is sent: no conflict.
@@ -1062,7 +937,12 @@ fn a_save_over_a_file_changed_in_the_container_is_reported_and_follows_on_confli
 
 #[tokio::test]
 async fn a_batch_checks_every_file_it_replaces_with_one_sha256sum() {
-    for shell in [Shell::Host, Shell::Busybox] {
+    for (shell, skip) in [
+        (Shell::Host, true),
+        (Shell::Busybox, true),
+        (Shell::Host, false),
+        (Shell::Busybox, false),
+    ] {
         let scratch = tempfile::tempdir().unwrap();
         let root = scratch.path().join("app");
         let names: [&[u8]; 5] = [
@@ -1085,23 +965,36 @@ async fn a_batch_checks_every_file_it_replaces_with_one_sha256sum() {
             entries: Vec::new(),
         };
         for name in names {
-            local.put_checked(name, b"next", Some(b"ours"), true);
+            local.put_checked(name, b"next", Some(b"ours"), skip);
         }
-        local.put_checked(b"brand new", b"next", None, true);
+        local.put_checked(b"brand new", b"next", None, skip);
         let out = session.batch(&root, &local.entries, "").await;
         let report = remote::parse_deliver_output(&out).unwrap();
         assert!(
             report.complete && report.failed.is_empty(),
             "{shell:?}: {report:?}"
         );
-        let mut found = conflicts(&report);
+        // With "skip" the container decides and says so; with "overwrite"
+        // it only sends the hashes and podloop compares (as `ops` does).
+        let mut found = if skip {
+            assert!(report.hashes.is_none());
+            conflicts(&report)
+        } else {
+            let checks = payload::plan(&local.entries).unwrap().checks;
+            let hashes = report.hashes.clone().expect("an H record");
+            remote::conflicts_from_hashes(&checks, &hashes)
+                .into_iter()
+                .map(|c| (c.path, c.now, c.size, c.skipped))
+                .collect()
+        };
         found.sort();
         let theirs = remote::RemoteState::File(sha256(b"theirs"));
+        let size = if skip { Some(6) } else { None };
         assert_eq!(
             found,
             [
-                (b"new\nline".to_vec(), theirs, Some(6), true),
-                (b"with space".to_vec(), theirs, Some(6), true),
+                (b"new\nline".to_vec(), theirs, size, skip),
+                (b"with space".to_vec(), theirs, size, skip),
             ],
             "{shell:?}"
         );
@@ -1112,7 +1005,8 @@ async fn a_batch_checks_every_file_it_replaces_with_one_sha256sum() {
                 "{shell:?}"
             );
         }
-        assert_eq!(std::fs::read(root.join("with space")).unwrap(), b"theirs");
+        let kept: &[u8] = if skip { b"theirs" } else { b"next" };
+        assert_eq!(std::fs::read(root.join("with space")).unwrap(), kept);
         assert!(staging_folders(&root).is_empty());
     }
 }
@@ -1139,10 +1033,7 @@ async fn nothing_is_written_or_deleted_through_a_link_in_the_container() {
             "{report:?}"
         );
 
-        let mut local = Local {
-            dir: scratch.path().to_path_buf(),
-            entries: Vec::new(),
-        };
+        let mut local = Local::new(scratch.path());
         local.put(b"static/new", b"owned", false);
         local.put(b"static/deeper/x", b"owned", false);
         local.delete(b"static/passwd");
@@ -1220,10 +1111,7 @@ async fn a_full_disk_applies_nothing_and_says_so() {
         assert_ne!(session.child.wait().unwrap().code(), Some(0));
 
         // A tar batch: nothing of it lands, no staging folder stays.
-        let mut local = Local {
-            dir: scratch.path().to_path_buf(),
-            entries: Vec::new(),
-        };
+        let mut local = Local::new(scratch.path());
         local.put(b"main.rs", &big, false);
         local.put(b"other.rs", b"after", false);
         let mut session = SessionShell::start(shell, scratch.path(), None);
@@ -1237,11 +1125,7 @@ async fn a_full_disk_applies_nothing_and_says_so() {
         );
         assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), b"before");
         assert_eq!(std::fs::read(root.join("other.rs")).unwrap(), b"before");
-        let leftovers: Vec<_> = std::fs::read_dir(&root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".podloop"))
-            .collect();
+        let leftovers = podloop_entries(&root);
         assert!(leftovers.is_empty(), "{shell:?}: {leftovers:?}");
         assert_ne!(session.child.wait().unwrap().code(), Some(0));
 

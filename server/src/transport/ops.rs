@@ -140,6 +140,10 @@ pub(crate) fn interpret_deliver(
             ),
         });
     }
+    let mut conflicts = report.conflicts;
+    if let Some(hashes) = &report.hashes {
+        conflicts.extend(remote::conflicts_from_hashes(&plan.checks, hashes));
+    }
     let mut failed = plan.local_failures.clone();
     failed.extend(report.failed);
     if !failed.is_empty() {
@@ -162,7 +166,7 @@ pub(crate) fn interpret_deliver(
                 first.1,
             ),
             failed,
-            conflicts: report.conflicts,
+            conflicts,
         });
     }
     Ok(DeliverOutcome {
@@ -173,7 +177,7 @@ pub(crate) fn interpret_deliver(
             let output = report.reload_output.unwrap_or_default();
             (code, tail(&output, RELOAD_TAIL_CHARS))
         }),
-        conflicts: report.conflicts,
+        conflicts,
     })
 }
 

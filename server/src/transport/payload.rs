@@ -69,6 +69,9 @@ pub struct Payload {
     pub single_file: Option<Vec<u8>>,
     /// The conflict check of that one file.
     pub single_expect: Option<Expect>,
+    /// The files of a tar batch whose container copy is checked, in the
+    /// order of the `n` list.
+    pub checks: Vec<(Vec<u8>, Expect)>,
     pub pieces: Vec<Piece>,
     pub len: u64,
     /// Entries left out because the local file could not be read.
@@ -175,8 +178,6 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
     let mut moves: Vec<(&[u8], Vec<&[u8]>)> = Vec::new();
     let mut folder_index: std::collections::HashMap<&[u8], usize> = Default::default();
     let mut inline_left = INLINE_BUDGET;
-    // `v`: one `OLD NEW SKIP 'PATH'` line per file to check (see `remote::APPLY`).
-    let mut checks: Vec<u8> = Vec::new();
     let stage = format!(".podloop-stage-{}/", payload.nonce).into_bytes();
     let member = |name: &[u8]| -> Vec<u8> { [&stage[..], name].concat() };
     for entry in entries {
@@ -197,10 +198,7 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
                 expect,
             } => {
                 if let Some(expect) = expect {
-                    checks.extend_from_slice(&remote::expect_words(Some(expect)));
-                    checks.push(b' ');
-                    checks.extend_from_slice(&remote::sh_word(&entry.path));
-                    checks.push(b'\n');
+                    payload.checks.push((entry.path.clone(), *expect));
                 }
                 let mode = *mode;
                 let content = match read_local(local, &mut inline_left) {
@@ -250,8 +248,8 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
         push_records(&mut list, b'M', Some(folder), names);
     }
     payload.push(Piece::Bytes(tarstream::small_file(&member(b"l"), &list)));
-    if !checks.is_empty() {
-        payload.push(Piece::Bytes(tarstream::small_file(&member(b"v"), &checks)));
+    if let Some((name, list)) = check_list(&payload.checks) {
+        payload.push(Piece::Bytes(tarstream::small_file(&member(name), &list)));
     }
     for member in members {
         payload.push(member);
@@ -263,6 +261,34 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
     )));
     payload.push(Piece::Bytes(tarstream::END_OF_ARCHIVE.to_vec()));
     Ok(payload)
+}
+
+/// The conflict check of a tar batch (see `remote::APPLY`). With
+/// `on_conflict = "skip"` the container decides, so it gets `v`: one
+/// `OLD NEW SKIP 'PATH'` line per file. Otherwise podloop decides from the
+/// hashes alone, so it gets `n`, the names NUL-separated, for one
+/// `xargs sha256sum` that reports back: no shell loop reading a line a byte
+/// at a time, whatever the batch's size.
+fn check_list(checks: &[(Vec<u8>, Expect)]) -> Option<(&'static [u8], Vec<u8>)> {
+    if checks.is_empty() {
+        return None;
+    }
+    let mut list = Vec::new();
+    if checks.iter().any(|(_, e)| e.skip_if_changed) {
+        for (path, expect) in checks {
+            list.extend_from_slice(&remote::expect_words(Some(expect)));
+            list.push(b' ');
+            list.extend_from_slice(&remote::sh_word(path));
+            list.push(b'\n');
+        }
+        Some((b"v", list))
+    } else {
+        for (path, _) in checks {
+            list.extend_from_slice(path);
+            list.push(0);
+        }
+        Some((b"n", list))
+    }
 }
 
 /// The fast path of a warm session: a batch of exactly one regular,

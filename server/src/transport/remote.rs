@@ -140,9 +140,12 @@ return 0
 /// - `M DIR NAME…`: move the staged files `f/DIR/NAME…` into `ROOT/DIR`
 ///   with one `mv -t` (DIR is `''` for the root itself).
 ///
-/// Lines of `v`: `OLD NEW SKIP 'PATH'` (see `changed`). One `sha256sum`
-/// hashes every regular file among them; a file whose check fails with
-/// SKIP = 1 loses its staged copy, so the `mv` leaves the container's.
+/// Lines of `v` (`on_conflict = "skip"`): `OLD NEW SKIP 'PATH'` (see
+/// `changed`). One `sha256sum` hashes every regular file among them; a file
+/// whose check fails with SKIP = 1 loses its staged copy, so the `mv`
+/// leaves the container's. `n` instead (the default, overwrite): the names,
+/// NUL-separated; their `sha256sum` lines go back in an `H` record and
+/// podloop compares them itself.
 ///
 /// So the steady-state cost of a small save is four processes: `dd`, `tar`,
 /// one `mv` per folder touched, and the `rm` of the staging folder (and one
@@ -176,7 +179,10 @@ if [ "$code" != 0 ] || [ "$got" != "$nonce" ]; then
   printf 'X\0%s\0' "$err"; return 6
 fi
 cd -- "$root" 2>/dev/null || cd /
-if [ -f "$stage/v" ]; then verify; fi
+if [ -f "$stage/v" ]; then verify
+elif [ -f "$stage/n" ] && command -v xargs >/dev/null 2>&1; then
+  printf 'H\0'; xargs -0 -r sha256sum -- <"$stage/n" 2>/dev/null; printf '\0'
+fi
 while IFS= read -r line; do
   eval "set -- ${line#? }"
   case $line in
@@ -443,6 +449,9 @@ pub struct DeliverReport {
     pub failed: Vec<(Vec<u8>, String)>,
     pub write_failed: Option<(Vec<u8>, String)>,
     pub conflicts: Vec<RemoteConflict>,
+    /// `sha256sum` output for the `n` list (files that are not there have
+    /// no line).
+    pub hashes: Option<Vec<u8>>,
     pub reload_exit: Option<i32>,
     /// stdout and stderr of `reload`, interleaved as it wrote them.
     pub reload_output: Option<String>,
@@ -494,6 +503,7 @@ pub fn parse_deliver_output(stdout: &[u8]) -> Result<DeliverReport, String> {
                 let reason = text(it.next().ok_or_else(|| missing("F"))?);
                 report.failed.push((path, reason));
             }
+            b"H" => report.hashes = Some(it.next().ok_or_else(|| missing("H"))?.to_vec()),
             b"W" => {
                 let path = it.next().ok_or_else(|| missing("W"))?.to_vec();
                 let reason = text(it.next().ok_or_else(|| missing("W"))?);
@@ -609,6 +619,32 @@ pub fn parse_manifest_output(stdout: &[u8]) -> Result<ManifestOutput, String> {
         }
     }
     Ok(ManifestOutput::Files(files))
+}
+
+/// The conflicts among `checks`, from the `H` record's `sha256sum` lines
+/// (in the same order; a file that is gone or not readable has none).
+pub fn conflicts_from_hashes(checks: &[(Vec<u8>, Expect)], hashes: &[u8]) -> Vec<RemoteConflict> {
+    let mut rest = hashes;
+    let mut found = Vec::new();
+    for (path, expect) in checks {
+        let now = match take_sha_line(&mut rest, path) {
+            Ok(sha) => RemoteState::File(sha),
+            Err(_) => RemoteState::Absent,
+        };
+        let held = match expect.held {
+            Some(sha) => RemoteState::File(sha),
+            None => RemoteState::Absent,
+        };
+        if now != held && now != RemoteState::File(expect.new) {
+            found.push(RemoteConflict {
+                path: path.clone(),
+                now,
+                size: None,
+                skipped: false,
+            });
+        }
+    }
+    found
 }
 
 fn take_until<'a>(rest: &mut &'a [u8], delimiter: u8) -> Result<&'a [u8], String> {
