@@ -2,13 +2,15 @@
 //! busybox and host images. What lands in a container is read through
 //! kubesim (`container_root`), never through podloop.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::tree::{file, paths, tree, Node};
 use kubesim::{CutMode, Image, PodTemplate, ReplaceOrder, Sim, SimOptions};
 use podloop::convert::kube::{KubeCluster, KubeOptions};
 use podloop::engine::{
@@ -60,6 +62,34 @@ async fn target_of(f: &Fixture, selector: &str) -> Target {
     let targets = f.cluster.resolve(&spec(selector)).await.unwrap();
     assert_eq!(targets.len(), 1, "{targets:?}");
     targets.into_iter().next().unwrap()
+}
+
+/// `api-0`, labelled `app=api`, with one container `api`: the pod most tests
+/// deliver to (give it files or a command before creating it).
+fn api_pod(image: Image) -> PodTemplate {
+    PodTemplate::new("api-0")
+        .label("app", "api")
+        .container("api", image)
+}
+
+impl Fixture {
+    async fn create(&self, pod: PodTemplate) {
+        self.sim.create_pod(pod).await.unwrap();
+    }
+
+    /// Creates `pod` (an `api_pod`) and returns it as the one `app=api` target.
+    async fn create_api_target(&self, pod: PodTemplate) -> Target {
+        self.create(pod).await;
+        target_of(self, "app=api").await
+    }
+}
+
+/// The text of a permanent error; any other outcome fails the test.
+fn permanent_text(err: ClusterError) -> String {
+    match err {
+        ClusterError::Permanent(text) => text,
+        other => panic!("expected permanent: {other:?}"),
+    }
 }
 
 struct BatchBuilder<'a> {
@@ -118,65 +148,18 @@ impl<'a> BatchBuilder<'a> {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Node {
-    File { content: Vec<u8>, mode: u32 },
-    Link(Vec<u8>),
-    Dir,
-}
-
-fn tree(root: &Path) -> BTreeMap<Vec<u8>, Node> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Node>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let rel = path
-                .strip_prefix(root)
-                .unwrap()
-                .as_os_str()
-                .as_bytes()
-                .to_vec();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&path).unwrap();
-                out.insert(rel, Node::Link(target.as_os_str().as_bytes().to_vec()));
-            } else if meta.is_dir() {
-                out.insert(rel, Node::Dir);
-                walk(root, &path, out);
-            } else {
-                let content = std::fs::read(&path).unwrap();
-                let mode = meta.permissions().mode() & 0o777;
-                out.insert(rel, Node::File { content, mode });
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
-fn file(content: &[u8], mode: u32) -> Node {
-    Node::File {
-        content: content.to_vec(),
-        mode,
-    }
-}
-
 async fn hostile_tree_lands_exactly(image: Image) {
     let f = start().await;
-    f.sim
-        .create_pod(
-            PodTemplate::new("api-0")
-                .label("app", "api")
-                .container("api", image)
+    let target = f
+        .create_api_target(
+            api_pod(image)
                 .file("/app/src/gone-file", "x")
                 .file("/app/src/gone-dir/deep/f", "x")
                 .file("/app/src/replaced", "old")
                 .file("/app/src/kept", "kept")
                 .file("/app/src/old name/renamed", "r"),
         )
-        .await
-        .unwrap();
-    let target = target_of(&f, "app=api").await;
+        .await;
     assert_eq!(target.container, "api");
 
     let big: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
@@ -232,12 +215,7 @@ async fn hostile_tree_lands_exactly(image: Image) {
 
     let root = f.sim.container_root("default", "api-0", "api").unwrap();
     let actual = tree(&root.join("app/src"));
-    let keys = |t: &BTreeMap<Vec<u8>, Node>| -> Vec<String> {
-        t.keys()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .collect()
-    };
-    assert_eq!(keys(&actual), keys(&expected), "{image:?}");
+    assert_eq!(paths(&actual), paths(&expected), "{image:?}");
     assert_eq!(actual, expected, "{image:?}");
     assert!(!root.join("pwned").exists(), "{image:?}: injection ran");
 
@@ -280,31 +258,27 @@ async fn hostile_tree_lands_exactly_in_host_image() {
 async fn resolve_picks_ready_pods_and_the_right_container() {
     let f = start().await;
     for name in ["web-b", "web-a"] {
-        f.sim
-            .create_pod(
-                PodTemplate::new(name)
-                    .label("app", "web")
-                    .container("sidecar", Image::Busybox)
-                    .container("main", Image::Busybox),
-            )
-            .await
-            .unwrap();
-    }
-    f.sim
-        .create_pod(
-            PodTemplate::new("web-c")
+        f.create(
+            PodTemplate::new(name)
                 .label("app", "web")
-                .container("main", Image::Busybox)
-                .ready(false),
+                .container("sidecar", Image::Busybox)
+                .container("main", Image::Busybox),
         )
-        .await
-        .unwrap();
+        .await;
+    }
+    f.create(
+        PodTemplate::new("web-c")
+            .label("app", "web")
+            .container("main", Image::Busybox)
+            .ready(false),
+    )
+    .await;
     let mut annotated = PodTemplate::new("two-0")
         .label("app", "two")
         .container("first", Image::Busybox)
         .container("second", Image::Busybox);
     annotated = annotated.annotation("kubectl.kubernetes.io/default-container", "second");
-    f.sim.create_pod(annotated).await.unwrap();
+    f.create(annotated).await;
 
     let targets = f.cluster.resolve(&spec("app=web")).await.unwrap();
     let pods: Vec<(&str, &str)> = targets
@@ -370,14 +344,12 @@ async fn next_list(
 #[tokio::test]
 async fn watch_follows_replacement_readiness_and_dropped_watches() {
     let f = start().await;
-    f.sim
-        .create_pod(
-            PodTemplate::new("api-1")
-                .label("app", "api")
-                .container("api", Image::Busybox),
-        )
-        .await
-        .unwrap();
+    f.create(
+        PodTemplate::new("api-1")
+            .label("app", "api")
+            .container("api", Image::Busybox),
+    )
+    .await;
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let cluster = f.cluster.clone();
     let watch = tokio::spawn(async move { cluster.watch(&spec("app=api"), tx).await });
@@ -414,15 +386,7 @@ async fn watch_follows_replacement_readiness_and_dropped_watches() {
 #[tokio::test]
 async fn reload_failure_is_reported_with_exit_code_and_output() {
     let f = start().await;
-    f.sim
-        .create_pod(
-            PodTemplate::new("api-0")
-                .label("app", "api")
-                .container("api", Image::Busybox),
-        )
-        .await
-        .unwrap();
-    let target = target_of(&f, "app=api").await;
+    let target = f.create_api_target(api_pod(Image::Busybox)).await;
     let mut b = BatchBuilder::new(&f.local);
     b.put(b"a.txt", b"a", false);
     let delivery = f
@@ -454,22 +418,18 @@ async fn reload_failure_is_reported_with_exit_code_and_output() {
 #[tokio::test]
 async fn container_errors_are_specific() {
     let f = start().await;
-    f.sim
-        .create_pod(
-            PodTemplate::new("notar")
-                .label("app", "notar")
-                .container("c", Image::BusyboxNotar),
-        )
-        .await
-        .unwrap();
-    f.sim
-        .create_pod(
-            PodTemplate::new("ro")
-                .label("app", "ro")
-                .container("c", Image::BusyboxReadOnly),
-        )
-        .await
-        .unwrap();
+    f.create(
+        PodTemplate::new("notar")
+            .label("app", "notar")
+            .container("c", Image::BusyboxNotar),
+    )
+    .await;
+    f.create(
+        PodTemplate::new("ro")
+            .label("app", "ro")
+            .container("c", Image::BusyboxReadOnly),
+    )
+    .await;
     let mut b = BatchBuilder::new(&f.local);
     // Big enough that the container stops reading long before the end: the
     // error must still be the container's own report, not "broken pipe".
@@ -481,9 +441,7 @@ async fn container_errors_are_specific() {
         .deliver(&t, b.batch("/app/src", None))
         .await
         .unwrap_err();
-    let ClusterError::Permanent(text) = &err else {
-        panic!("expected permanent: {err:?}");
-    };
+    let text = permanent_text(err);
     assert!(text.contains("has no `tar`"), "{text}");
 
     let t = target_of(&f, "app=ro").await;
@@ -492,9 +450,7 @@ async fn container_errors_are_specific() {
         .deliver(&t, b.batch("/app/src", None))
         .await
         .unwrap_err();
-    let ClusterError::Permanent(text) = &err else {
-        panic!("expected permanent: {err:?}");
-    };
+    let text = permanent_text(err);
     assert!(text.contains("/app/src"), "{text}");
     assert!(text.contains("read-only"), "{text}");
 }
@@ -502,15 +458,7 @@ async fn container_errors_are_specific() {
 #[tokio::test]
 async fn api_faults_map_to_transient_or_permanent() {
     let f = start().await;
-    f.sim
-        .create_pod(
-            PodTemplate::new("api-0")
-                .label("app", "api")
-                .container("api", Image::Busybox),
-        )
-        .await
-        .unwrap();
-    let target = target_of(&f, "app=api").await;
+    let target = f.create_api_target(api_pod(Image::Busybox)).await;
     // One-shot execs: what a failed handshake or a cut does to one exec.
     let cluster = f.cluster.clone().without_warm_sessions();
     let mut b = BatchBuilder::new(&f.local);
@@ -539,9 +487,7 @@ async fn api_faults_map_to_transient_or_permanent() {
         .deliver(&target, b.batch("/app", None))
         .await
         .unwrap_err();
-    let ClusterError::Permanent(text) = &err else {
-        panic!("expected permanent: {err:?}");
-    };
+    let text = permanent_text(err);
     assert!(
         text.contains("forbidden (403)") && text.contains("pods/exec"),
         "{text}"
@@ -568,17 +514,13 @@ async fn api_faults_map_to_transient_or_permanent() {
 #[tokio::test]
 async fn cut_streams_fail_and_leave_nothing_partial() {
     let f = start().await;
-    f.sim
-        .create_pod(
-            PodTemplate::new("api-0")
-                .label("app", "api")
-                .container("api", Image::Busybox)
+    let target = f
+        .create_api_target(
+            api_pod(Image::Busybox)
                 .file("/app/big", "old")
                 .file("/app/doomed", "still here"),
         )
-        .await
-        .unwrap();
-    let target = target_of(&f, "app=api").await;
+        .await;
     // One-shot execs: what a failed handshake or a cut does to one exec.
     let cluster = f.cluster.clone().without_warm_sessions();
     let big = vec![b'n'; 2 * 1024 * 1024];
@@ -657,17 +599,13 @@ while [ ! -e /state/stop ]; do
 done
 sleep 100000
 "#;
-    f.sim
-        .create_pod(
-            PodTemplate::new("api-0")
-                .label("app", "api")
-                .container("api", Image::Busybox)
+    let target = f
+        .create_api_target(
+            api_pod(Image::Busybox)
                 .file("/app/watched", &valid(0))
                 .command(reader),
         )
-        .await
-        .unwrap();
-    let target = target_of(&f, "app=api").await;
+        .await;
     let root = f.sim.container_root("default", "api-0", "api").unwrap();
     // The reader rewrites its counter with `echo >`, so a read can catch it
     // empty: try again until it holds a number.
@@ -787,15 +725,7 @@ async fn unreachable_cluster_is_transient() {
 #[tokio::test]
 async fn warm_session_carries_many_batches_and_falls_back_when_it_dies() {
     let f = start().await;
-    f.sim
-        .create_pod(
-            PodTemplate::new("api-0")
-                .label("app", "api")
-                .container("api", Image::Busybox),
-        )
-        .await
-        .unwrap();
-    let target = target_of(&f, "app=api").await;
+    let target = f.create_api_target(api_pod(Image::Busybox)).await;
     let execs_before = f.sim.exec_log().len();
     let mut warm = Vec::new();
     for i in 0..40 {
