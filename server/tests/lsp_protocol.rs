@@ -3,10 +3,8 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::fake_cluster::FakeCluster;
-use common::{write_file, TestServer};
+use common::{write_file, TestServer, TestServerBuilder};
 use podloop::engine::ClusterError;
 use serde_json::{json, Value};
 
@@ -30,12 +28,33 @@ fn one_pod_cluster() -> FakeCluster {
     cluster
 }
 
-async fn server_for(workspace: &Path, cluster: &FakeCluster) -> TestServer {
-    TestServer::builder()
-        .workspace(workspace)
-        .engine(cluster.starter())
-        .build()
-        .await
+/// The `CONFIG` workspace and `one_pod_cluster`, served to a client that
+/// `client` may give other capabilities or initialization options.
+async fn one_pod_server(
+    client: impl FnOnce(TestServerBuilder) -> TestServerBuilder,
+) -> (tempfile::TempDir, FakeCluster, TestServer) {
+    one_pod_server_in(workspace_with_config(CONFIG), client).await
+}
+
+async fn one_pod_server_in(
+    workspace: tempfile::TempDir,
+    client: impl FnOnce(TestServerBuilder) -> TestServerBuilder,
+) -> (tempfile::TempDir, FakeCluster, TestServer) {
+    let cluster = one_pod_cluster();
+    let builder = TestServer::builder()
+        .workspace(workspace.path())
+        .engine(cluster.starter());
+    let server = client(builder).build().await;
+    (workspace, cluster, server)
+}
+
+/// A client that watches files itself (dynamic registration), so the server
+/// runs no watcher of its own.
+fn self_watching_client() -> Value {
+    json!({
+        "window": {"workDoneProgress": true},
+        "workspace": {"didChangeWatchedFiles": {"dynamicRegistration": true}}
+    })
 }
 
 fn is_settled_ok(status: &Value) -> bool {
@@ -44,9 +63,7 @@ fn is_settled_ok(status: &Value) -> bool {
 
 #[tokio::test]
 async fn initialize_advertises_save_sync_commands_and_file_operations() {
-    let workspace = workspace_with_config(CONFIG);
-    let cluster = one_pod_cluster();
-    let server = server_for(workspace.path(), &cluster).await;
+    let (_workspace, _cluster, server) = one_pod_server(|client| client).await;
     let response = json!({"result": server.initialize_result().clone()});
     let capabilities = &response["result"]["capabilities"];
     assert_eq!(
@@ -77,9 +94,7 @@ async fn initialize_advertises_save_sync_commands_and_file_operations() {
 
 #[tokio::test]
 async fn a_saved_file_lands_in_the_pod_and_status_reports_it() {
-    let workspace = workspace_with_config(CONFIG);
-    let cluster = one_pod_cluster();
-    let server = server_for(workspace.path(), &cluster).await;
+    let (workspace, cluster, server) = one_pod_server(|client| client).await;
 
     let file = write_file(workspace.path(), "src/main.py", "print('v1')\n");
     server.save(&file).await;
@@ -124,9 +139,7 @@ async fn a_saved_file_lands_in_the_pod_and_status_reports_it() {
 
 #[tokio::test]
 async fn a_burst_of_fifty_saves_costs_fewer_deliveries_and_every_file_arrives() {
-    let workspace = workspace_with_config(CONFIG);
-    let cluster = one_pod_cluster();
-    let server = server_for(workspace.path(), &cluster).await;
+    let (workspace, cluster, server) = one_pod_server(|client| client).await;
 
     let files: Vec<_> = (0..50)
         .map(|index| {
@@ -163,9 +176,7 @@ async fn a_burst_of_fifty_saves_costs_fewer_deliveries_and_every_file_arrives() 
 
 #[tokio::test]
 async fn a_failed_delivery_puts_an_error_on_the_file_and_recovery_clears_it() {
-    let workspace = workspace_with_config(CONFIG);
-    let cluster = one_pod_cluster();
-    let server = server_for(workspace.path(), &cluster).await;
+    let (workspace, cluster, server) = one_pod_server(|client| client).await;
     let file = write_file(workspace.path(), "src/app.py", "ok = 1\n");
     server.save(&file).await;
     server.wait_for_status(is_settled_ok).await;
@@ -215,8 +226,7 @@ async fn a_bad_config_gets_a_diagnostic_on_the_offending_line() {
     let workspace = workspace_with_config(
         "[[sync]]\nname = \"api\"\nlocal = \"src\"\nremote = \"/\"\nselector = \"app=api\"\n",
     );
-    let cluster = one_pod_cluster();
-    let server = server_for(workspace.path(), &cluster).await;
+    let (workspace, cluster, server) = one_pod_server_in(workspace, |client| client).await;
     let config = workspace.path().join("podloop.toml");
     let diagnostics = server
         .wait_for_diagnostics(&config, |diagnostics| !diagnostics.is_empty())
@@ -245,9 +255,7 @@ async fn a_bad_config_gets_a_diagnostic_on_the_offending_line() {
 
 #[tokio::test]
 async fn the_status_command_returns_the_status_object() {
-    let workspace = workspace_with_config(CONFIG);
-    let cluster = one_pod_cluster();
-    let server = server_for(workspace.path(), &cluster).await;
+    let (_workspace, _cluster, server) = one_pod_server(|client| client).await;
     server.wait_for_status(is_settled_ok).await;
     let status = server.execute_command("podloop.status").await;
     for key in [
@@ -278,19 +286,10 @@ async fn the_status_command_returns_the_status_object() {
 
 #[tokio::test]
 async fn sync_all_pushes_files_changed_behind_the_editors_back_and_reports_progress() {
-    let workspace = workspace_with_config(CONFIG);
-    let cluster = one_pod_cluster();
     // A client that can watch files itself, so the server runs no watcher
     // and only syncAll can find the file written below.
-    let server = TestServer::builder()
-        .workspace(workspace.path())
-        .capabilities(json!({
-            "window": {"workDoneProgress": true},
-            "workspace": {"didChangeWatchedFiles": {"dynamicRegistration": true}}
-        }))
-        .engine(cluster.starter())
-        .build()
-        .await;
+    let (workspace, cluster, server) =
+        one_pod_server(|client| client.capabilities(self_watching_client())).await;
     server.wait_for_status(is_settled_ok).await;
     write_file(workspace.path(), "src/generated.rs", "// generated\n");
 
@@ -321,9 +320,7 @@ async fn sync_all_pushes_files_changed_behind_the_editors_back_and_reports_progr
 
 #[tokio::test]
 async fn pause_holds_saves_and_resume_delivers_them() {
-    let workspace = workspace_with_config(CONFIG);
-    let cluster = one_pod_cluster();
-    let server = server_for(workspace.path(), &cluster).await;
+    let (workspace, cluster, server) = one_pod_server(|client| client).await;
     server.wait_for_status(is_settled_ok).await;
 
     server.execute_command("podloop.pause").await;
@@ -347,14 +344,9 @@ async fn pause_holds_saves_and_resume_delivers_them() {
 
 #[tokio::test]
 async fn initialization_options_can_start_paused() {
-    let workspace = workspace_with_config(CONFIG);
-    let cluster = one_pod_cluster();
-    let server = TestServer::builder()
-        .workspace(workspace.path())
-        .init_options(json!({"paused": true, "logLevel": "debug"}))
-        .engine(cluster.starter())
-        .build()
-        .await;
+    let (_workspace, _cluster, server) =
+        one_pod_server(|client| client.init_options(json!({"paused": true, "logLevel": "debug"})))
+            .await;
     server
         .wait_for_status(|status| status["state"] == "paused")
         .await;
@@ -370,18 +362,14 @@ async fn initialization_options_can_start_paused() {
 
 #[tokio::test]
 async fn clients_with_dynamic_registration_get_watchers_for_mapped_folders() {
-    let workspace = workspace_with_config(CONFIG);
-    let cluster = one_pod_cluster();
-    let server = TestServer::builder()
-        .workspace(workspace.path())
-        .capabilities(json!({
+    let (workspace, cluster, server) = one_pod_server(|client| {
+        client.capabilities(json!({
             "window": {"workDoneProgress": true},
             "workspace": {"didChangeWatchedFiles":
                 {"dynamicRegistration": true, "relativePatternSupport": true}}
         }))
-        .engine(cluster.starter())
-        .build()
-        .await;
+    })
+    .await;
     server.wait_for_status(is_settled_ok).await;
     let src_uri = common::file_uri(&workspace.path().join("src"));
     let registration = server
@@ -435,9 +423,7 @@ async fn clients_with_dynamic_registration_get_watchers_for_mapped_folders() {
 
 #[tokio::test]
 async fn closing_stdin_without_shutdown_is_a_clean_exit() {
-    let workspace = workspace_with_config(CONFIG);
-    let cluster = one_pod_cluster();
-    let server = server_for(workspace.path(), &cluster).await;
+    let (_workspace, _cluster, server) = one_pod_server(|client| client).await;
     let outcome = server.close_input().await;
     assert!(outcome.input_closed);
     assert!(!outcome.shutdown_requested);
@@ -446,18 +432,9 @@ async fn closing_stdin_without_shutdown_is_a_clean_exit() {
 
 #[tokio::test]
 async fn a_large_batch_shows_server_created_progress_that_ends() {
-    let workspace = workspace_with_config(CONFIG);
-    let cluster = one_pod_cluster();
     // No server watcher: the files below reach the engine as one syncAll.
-    let server = TestServer::builder()
-        .workspace(workspace.path())
-        .capabilities(json!({
-            "window": {"workDoneProgress": true},
-            "workspace": {"didChangeWatchedFiles": {"dynamicRegistration": true}}
-        }))
-        .engine(cluster.starter())
-        .build()
-        .await;
+    let (workspace, _cluster, server) =
+        one_pod_server(|client| client.capabilities(self_watching_client())).await;
     server.wait_for_status(is_settled_ok).await;
     for index in 0..80 {
         write_file(
@@ -496,16 +473,12 @@ async fn a_large_batch_shows_server_created_progress_that_ends() {
 
 #[tokio::test]
 async fn renames_and_deletes_from_the_editor_reach_the_pod() {
-    let workspace = workspace_with_config(CONFIG);
-    let cluster = one_pod_cluster();
-    let server = TestServer::builder()
-        .workspace(workspace.path())
-        .capabilities(json!({
+    let (workspace, cluster, server) = one_pod_server(|client| {
+        client.capabilities(json!({
             "workspace": {"didChangeWatchedFiles": {"dynamicRegistration": true}}
         }))
-        .engine(cluster.starter())
-        .build()
-        .await;
+    })
+    .await;
     let old = write_file(workspace.path(), "src/old_name.txt", "moving\n");
     server.save(&old).await;
     server
