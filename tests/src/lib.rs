@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use kubesim::{Sim, SimOptions};
+use kubesim::{Image, PodTemplate, Sim, SimOptions};
 use tokio::io::AsyncWriteExt;
 
 /// A kubesim serving from its own temp dir; dropping it kills every pod process, then removes
@@ -29,6 +29,19 @@ impl TestSim {
             sim: Some(sim),
             dir,
         }
+    }
+
+    /// A sim already holding `pods`, or `None` (after saying why, or failing
+    /// in CI) when `/bin/busybox`, which their containers run, is missing.
+    pub async fn with_busybox_pods(pods: impl IntoIterator<Item = PodTemplate>) -> Option<TestSim> {
+        if !require_busybox() {
+            return None;
+        }
+        let sim = TestSim::start().await;
+        for pod in pods {
+            sim.create_pod(pod).await.unwrap();
+        }
+        Some(sim)
     }
 
     pub fn dir(&self) -> &Path {
@@ -59,6 +72,13 @@ impl Drop for TestSim {
         // The Sim must die (killing its pods) before its dir is removed.
         self.sim.take();
     }
+}
+
+/// Pod `name`, labelled `app=<app>`, with one busybox container `app`.
+pub fn busybox_app_pod(name: &str, app: &str) -> PodTemplate {
+    PodTemplate::new(name)
+        .label("app", app)
+        .container("app", Image::Busybox)
 }
 
 pub async fn kube_client(kubeconfig: &Path) -> kube::Client {

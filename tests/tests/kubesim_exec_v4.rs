@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::{SinkExt, StreamExt};
 use kubesim::{Image, PodTemplate};
-use podloop_e2e::{require_busybox, TestSim};
+use podloop_e2e::TestSim;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -15,13 +15,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn v4_exec_frames_stdin_stdout_and_the_exit_status() {
-    if !require_busybox() {
+    let Some(sim) =
+        TestSim::with_busybox_pods([PodTemplate::new("v4pod").container("main", Image::Busybox)])
+            .await
+    else {
         return;
-    }
-    let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("v4pod").container("main", Image::Busybox))
-        .await
-        .unwrap();
+    };
 
     let mut roots = rustls::RootCertStore::empty();
     roots

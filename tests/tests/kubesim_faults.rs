@@ -60,13 +60,11 @@ fn exit_code(status: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Sta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_handshakes_latency_and_denials() {
-    if !require_busybox() {
+    let Some(sim) =
+        TestSim::with_busybox_pods([PodTemplate::new("p").container("app", Image::Busybox)]).await
+    else {
         return;
-    }
-    let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("p").container("app", Image::Busybox))
-        .await
-        .unwrap();
+    };
     let client = sim.kube_client().await;
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
 
@@ -207,19 +205,15 @@ async fn cut_exec_by_clean_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_variants_behave_like_their_real_counterparts() {
-    if !require_busybox() {
-        return;
-    }
-    let sim = TestSim::start().await;
-    sim.create_pod(
-        PodTemplate::new("v")
-            .container("notar", Image::BusyboxNotar)
-            .container("ro", Image::BusyboxReadOnly)
-            .file("/etc/app.conf", "x=1\n")
-            .container("nonroot", Image::BusyboxNonroot),
-    )
+    let Some(sim) = TestSim::with_busybox_pods([PodTemplate::new("v")
+        .container("notar", Image::BusyboxNotar)
+        .container("ro", Image::BusyboxReadOnly)
+        .file("/etc/app.conf", "x=1\n")
+        .container("nonroot", Image::BusyboxNonroot)])
     .await
-    .unwrap();
+    else {
+        return;
+    };
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
     let exec_in = |container: &'static str, script: &'static str| {
         let pods = pods.clone();
@@ -262,18 +256,14 @@ async fn image_variants_behave_like_their_real_counterparts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_main_process_that_exits_is_restarted() {
-    if !require_busybox() {
-        return;
-    }
-    let sim = TestSim::start().await;
-    sim.create_pod(
-        PodTemplate::new("crash")
-            .container("app", Image::Busybox)
-            .command("echo run; exit 3")
-            .ready(false),
-    )
+    let Some(sim) = TestSim::with_busybox_pods([PodTemplate::new("crash")
+        .container("app", Image::Busybox)
+        .command("echo run; exit 3")
+        .ready(false)])
     .await
-    .unwrap();
+    else {
+        return;
+    };
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
     let status = eventually("two restarts", DEADLINE, || async {
         let pod = pods.get("crash").await.ok()?;
@@ -297,13 +287,11 @@ async fn a_main_process_that_exits_is_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_expired_bookmarks_and_closed_watches() {
-    if !require_busybox() {
+    let Some(sim) =
+        TestSim::with_busybox_pods([PodTemplate::new("w").container("app", Image::Busybox)]).await
+    else {
         return;
-    }
-    let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("w").container("app", Image::Busybox))
-        .await
-        .unwrap();
+    };
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
     let rv = pods
         .list(&Default::default())
@@ -371,10 +359,9 @@ async fn watch_expired_bookmarks_and_closed_watches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_http_control_and_auth() {
-    if !require_busybox() {
+    let Some(sim) = TestSim::with_busybox_pods([]).await else {
         return;
-    }
-    let sim = TestSim::start().await;
+    };
     let client = sim.kube_client().await;
     let post = |path: &str, body: &str| {
         http::Request::post(path)

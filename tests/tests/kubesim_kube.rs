@@ -5,7 +5,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams, ListParams};
 use kube::runtime::watcher;
-use podloop_e2e::{pseudo_random_bytes, require_busybox, TestSim};
+use podloop_e2e::{busybox_app_pod, pseudo_random_bytes, TestSim};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use kubesim::{Image, PodTemplate, ReplaceOrder};
@@ -73,17 +73,9 @@ async fn exec(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_streams_stdin_to_eof_and_reports_exit_codes() {
-    if !require_busybox() {
+    let Some(sim) = TestSim::with_busybox_pods([busybox_app_pod("web", "web")]).await else {
         return;
-    }
-    let sim = TestSim::start().await;
-    sim.create_pod(
-        PodTemplate::new("web")
-            .label("app", "web")
-            .container("app", Image::Busybox),
-    )
-    .await
-    .unwrap();
+    };
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
 
     let payload = pseudo_random_bytes(1 << 20, 7);
@@ -205,26 +197,20 @@ async fn host_image_has_gnu_tar_and_works_without_busybox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_get_and_label_selectors() {
-    if !require_busybox() {
-        return;
-    }
-    let sim = TestSim::start().await;
-    sim.create_pod(
+    let Some(sim) = TestSim::with_busybox_pods([
         PodTemplate::new("web-1")
             .label("app", "web")
             .label("tier", "front")
             .container("app", Image::Busybox),
-    )
-    .await
-    .unwrap();
-    sim.create_pod(
         PodTemplate::new("db-1")
             .label("app", "db")
             .container("db", Image::Busybox)
             .ready(false),
-    )
+    ])
     .await
-    .unwrap();
+    else {
+        return;
+    };
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
     let names = |list: kube::core::ObjectList<Pod>| {
         let mut n: Vec<String> = list
@@ -283,17 +269,9 @@ async fn list_get_and_label_selectors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_follows_a_replacement() {
-    if !require_busybox() {
+    let Some(sim) = TestSim::with_busybox_pods([busybox_app_pod("api", "api")]).await else {
         return;
-    }
-    let sim = TestSim::start().await;
-    sim.create_pod(
-        PodTemplate::new("api")
-            .label("app", "api")
-            .container("app", Image::Busybox),
-    )
-    .await
-    .unwrap();
+    };
     let pods: Api<Pod> = Api::default_namespaced(sim.kube_client().await);
     let mut events = watcher(pods, watcher::Config::default().labels("app=api")).boxed();
     // Wait for the initial listing to finish before changing anything.
@@ -344,13 +322,11 @@ async fn watcher_follows_a_replacement() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_count_and_processes_die_with_the_sim() {
-    if !require_busybox() {
+    let Some(sim) =
+        TestSim::with_busybox_pods([PodTemplate::new("r").container("app", Image::Busybox)]).await
+    else {
         return;
-    }
-    let sim = TestSim::start().await;
-    sim.create_pod(PodTemplate::new("r").container("app", Image::Busybox))
-        .await
-        .unwrap();
+    };
     let before = sim.host_pids();
     assert!(!before.is_empty());
     sim.restart_container("default", "r", "app").await.unwrap();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use kubesim::{Image, PodTemplate, ReplaceOrder};
 use podloop_e2e::{
-    kubectl_command, pseudo_random_bytes, require_busybox, require_kubectl, run_with_deadline,
+    busybox_app_pod, kubectl_command, pseudo_random_bytes, require_kubectl, run_with_deadline,
     TestSim,
 };
 use tokio::io::AsyncBufReadExt;
@@ -47,24 +47,16 @@ fn kubectls() -> Vec<(&'static str, PathBuf)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_pods_with_label_selectors() {
-    if !require_busybox() {
-        return;
-    }
-    let sim = TestSim::start().await;
-    sim.create_pod(
-        PodTemplate::new("web-1")
-            .label("app", "web")
-            .container("app", Image::Busybox),
-    )
-    .await
-    .unwrap();
-    sim.create_pod(
+    let Some(sim) = TestSim::with_busybox_pods([
+        busybox_app_pod("web-1", "web"),
         PodTemplate::new("db-1")
             .label("app", "db")
             .container("db", Image::Busybox),
-    )
+    ])
     .await
-    .unwrap();
+    else {
+        return;
+    };
     for (version, bin) in kubectls() {
         let out = kubectl(&bin, &sim, &["get", "pods", "-l", "app=web"], None).await;
         assert_ok(&out, "get pods -l");
@@ -119,18 +111,14 @@ async fn kubectl_get_pods_with_label_selectors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_pipes_one_mebibyte_and_propagates_exit_codes() {
-    if !require_busybox() {
-        return;
-    }
-    let sim = TestSim::start().await;
-    sim.create_pod(
-        PodTemplate::new("multi")
-            .annotation("kubectl.kubernetes.io/default-container", "main")
-            .container("main", Image::Busybox)
-            .container("side", Image::Host),
-    )
+    let Some(sim) = TestSim::with_busybox_pods([PodTemplate::new("multi")
+        .annotation("kubectl.kubernetes.io/default-container", "main")
+        .container("main", Image::Busybox)
+        .container("side", Image::Host)])
     .await
-    .unwrap();
+    else {
+        return;
+    };
     let payload = pseudo_random_bytes(1 << 20, 42);
     for (version, bin) in kubectls() {
         let out = kubectl(
@@ -237,17 +225,9 @@ async fn kubectl_exec_pipes_one_mebibyte_and_propagates_exit_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_watch_sees_a_replacement() {
-    if !require_busybox() {
+    let Some(sim) = TestSim::with_busybox_pods([busybox_app_pod("api", "api")]).await else {
         return;
-    }
-    let sim = TestSim::start().await;
-    sim.create_pod(
-        PodTemplate::new("api")
-            .label("app", "api")
-            .container("app", Image::Busybox),
-    )
-    .await
-    .unwrap();
+    };
     let mut current = "api".to_string();
     for (version, bin) in kubectls() {
         let mut cmd = kubectl_command(&bin, &sim.kubeconfig_path());
@@ -314,10 +294,9 @@ fn write_tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_cp_round_trips_a_tree() {
-    if !require_busybox() {
+    let Some(sim) = TestSim::with_busybox_pods([]).await else {
         return;
-    }
-    let sim = TestSim::start().await;
+    };
     // As in a real cluster, `kubectl cp` needs the parent directory to exist.
     sim.create_pod(
         PodTemplate::new("box")
@@ -366,10 +345,9 @@ async fn kubectl_cp_round_trips_a_tree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_logs_and_delete() {
-    if !require_busybox() {
+    let Some(sim) = TestSim::with_busybox_pods([]).await else {
         return;
-    }
-    let sim = TestSim::start().await;
+    };
     for (version, bin) in kubectls() {
         let name = format!("talker-{}", version.replace('.', "-"));
         sim.create_pod(

@@ -5,23 +5,19 @@
 use std::time::Duration;
 
 use kubesim::{Image, PodTemplate};
-use podloop_e2e::{require_busybox, run_with_deadline, workspace_binary, TestSim};
+use podloop_e2e::{run_with_deadline, workspace_binary, TestSim};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_writes_only_into_the_chosen_container() {
-    if !require_busybox() {
-        return;
-    }
-    let sim = TestSim::start().await;
-    sim.create_pod(
-        PodTemplate::new("two-0")
-            .label("app", "two")
-            .annotation("kubectl.kubernetes.io/default-container", "app")
-            .container("sidecar", Image::Busybox)
-            .container("app", Image::Busybox),
-    )
+    let Some(sim) = TestSim::with_busybox_pods([PodTemplate::new("two-0")
+        .label("app", "two")
+        .annotation("kubectl.kubernetes.io/default-container", "app")
+        .container("sidecar", Image::Busybox)
+        .container("app", Image::Busybox)])
     .await
-    .unwrap();
+    else {
+        return;
+    };
     let local = tempfile::tempdir().unwrap();
     std::fs::write(local.path().join("main.txt"), "for the app").unwrap();
     let podloop = tokio::task::spawn_blocking(|| workspace_binary("podloop"))

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use kubesim::{Image, PodTemplate};
 use podloop_e2e::{
-    kubectl_command, pseudo_random_bytes, require_busybox, require_kubectl, run_with_deadline,
-    workspace_binary, TestSim,
+    kubectl_command, pseudo_random_bytes, require_kubectl, run_with_deadline, workspace_binary,
+    TestSim,
 };
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -57,10 +57,9 @@ async fn podloop_sync_and_kubectl_cp_leave_the_same_files_and_modes() {
     let Some(kubectl) = require_kubectl("1.33") else {
         return;
     };
-    if !require_busybox() {
+    let Some(sim) = TestSim::with_busybox_pods([]).await else {
         return;
-    }
-    let sim = TestSim::start().await;
+    };
     for (name, app) in [("by-podloop", "podloop"), ("by-kubectl", "kubectl")] {
         sim.create_pod(
             PodTemplate::new(name)
