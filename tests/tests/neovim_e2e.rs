@@ -131,6 +131,14 @@ impl World {
         assert_eq!(opened["ok"], Value::Bool(true), "open {relative}: {opened}");
     }
 
+    /// The text of `:checkhealth podloop`.
+    fn checkhealth(&self) -> String {
+        self.nvim().call("checkhealth", None)["report"]
+            .as_str()
+            .expect("report")
+            .to_string()
+    }
+
     fn snapshot(&self) -> Value {
         self.nvim().call("snapshot", None)
     }
@@ -195,6 +203,21 @@ impl World {
                 Err(snap.to_string())
             }
         })
+    }
+}
+
+impl World {
+    /// Neovim running podloop on `src/app.txt`, attached, with a healthy
+    /// status (waited for as `healthy_before`); `None` when the test is
+    /// skipped for want of Neovim.
+    fn editing_app_txt(test: &str, healthy_before: &str) -> Option<World> {
+        let nvim = nvim_or_skip(test)?;
+        let mut world = World::start();
+        world.start_nvim_with_podloop(&nvim);
+        world.open("src/app.txt");
+        world.wait_attached();
+        world.wait_healthy(healthy_before, |_| true);
+        Some(world)
     }
 }
 
@@ -359,14 +382,12 @@ fn neovim_save_reaches_the_pod_and_the_statusline() {
 
 #[test]
 fn neovim_sync_all_repairs_pod_drift_and_outside_changes() {
-    let Some(nvim) = nvim_or_skip("neovim_sync_all_repairs_pod_drift_and_outside_changes") else {
+    let Some(world) = World::editing_app_txt(
+        "neovim_sync_all_repairs_pod_drift_and_outside_changes",
+        "a healthy status before the change",
+    ) else {
         return;
     };
-    let mut world = World::start();
-    world.start_nvim_with_podloop(&nvim);
-    world.open("src/app.txt");
-    world.wait_attached();
-    world.wait_healthy("a healthy status before the change", |_| true);
 
     // Someone edited the file inside the pod: no local event will ever
     // mention it, so only the sync-all's comparison can put it right.
@@ -411,14 +432,12 @@ fn neovim_sync_all_repairs_pod_drift_and_outside_changes() {
 
 #[test]
 fn neovim_pause_holds_saves_and_resume_delivers_them() {
-    let Some(nvim) = nvim_or_skip("neovim_pause_holds_saves_and_resume_delivers_them") else {
+    let Some(world) = World::editing_app_txt(
+        "neovim_pause_holds_saves_and_resume_delivers_them",
+        "a healthy status before pausing",
+    ) else {
         return;
     };
-    let mut world = World::start();
-    world.start_nvim_with_podloop(&nvim);
-    world.open("src/app.txt");
-    world.wait_attached();
-    world.wait_healthy("a healthy status before pausing", |_| true);
 
     world.nvim().send_keys(":PodloopPause<CR>");
     wait_for("the paused statusline", PATIENCE, || {
@@ -482,15 +501,12 @@ fn neovim_pause_holds_saves_and_resume_delivers_them() {
 fn neovim_without_watch_events_still_delivers_outside_changes() {
     // Neovim 0.7 never sends workspace/didChangeWatchedFiles: only the
     // server's own watcher can notice this write.
-    let Some(nvim) = nvim_or_skip("neovim_without_watch_events_still_delivers_outside_changes")
-    else {
+    let Some(world) = World::editing_app_txt(
+        "neovim_without_watch_events_still_delivers_outside_changes",
+        "a healthy status before the change",
+    ) else {
         return;
     };
-    let mut world = World::start();
-    world.start_nvim_with_podloop(&nvim);
-    world.open("src/app.txt");
-    world.wait_attached();
-    world.wait_healthy("a healthy status before the change", |_| true);
 
     std::fs::write(
         world.workspace.join("src/outside.txt"),
@@ -502,20 +518,14 @@ fn neovim_without_watch_events_still_delivers_outside_changes() {
 
 #[test]
 fn neovim_checkhealth_reports_ok_when_everything_is_in_place() {
-    let Some(nvim) = nvim_or_skip("neovim_checkhealth_reports_ok_when_everything_is_in_place")
-    else {
+    let Some(world) = World::editing_app_txt(
+        "neovim_checkhealth_reports_ok_when_everything_is_in_place",
+        "a healthy status before :checkhealth",
+    ) else {
         return;
     };
-    let mut world = World::start();
-    world.start_nvim_with_podloop(&nvim);
-    world.open("src/app.txt");
-    world.wait_attached();
-    world.wait_healthy("a healthy status before :checkhealth", |_| true);
 
-    let report = world.nvim().call("checkhealth", None)["report"]
-        .as_str()
-        .expect("report")
-        .to_string();
+    let report = world.checkhealth();
     for expected in [
         "Neovim 0.",
         "setup() was called",
@@ -542,10 +552,7 @@ fn neovim_checkhealth_asks_podloop_doctor_when_no_server_runs() {
     let mut world = World::start();
     // Started in the workspace, no file opened: no language server yet.
     world.start_nvim_with_podloop(&nvim);
-    let report = world.nvim().call("checkhealth", None)["report"]
-        .as_str()
-        .expect("report")
-        .to_string();
+    let report = world.checkhealth();
     let snap = world.snapshot();
     assert_eq!(snap["clients"].as_array().map(Vec::len), Some(0), "{snap}");
     assert!(
@@ -575,10 +582,7 @@ fn neovim_checkhealth_names_the_missing_binary_and_the_fix() {
     world.start_nvim(&nvim, &[missing.as_os_str(), OsStr::new("lsp")]);
     world.open("src/app.txt");
 
-    let report = world.nvim().call("checkhealth", None)["report"]
-        .as_str()
-        .expect("report")
-        .to_string();
+    let report = world.checkhealth();
     assert_report_line(
         &report,
         "ERROR",
