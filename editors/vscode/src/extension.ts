@@ -251,7 +251,7 @@ class Controller implements vscode.Disposable {
   }
 
   /** Runs a server command, starting the server first if needed; failures become visible errors. */
-  async runServerCommand(command: string, title: string): Promise<unknown> {
+  async runServerCommand(command: string, title: string, args: unknown[] = []): Promise<unknown> {
     if (this.client === undefined) {
       await this.start();
     }
@@ -267,7 +267,7 @@ class Controller implements vscode.Disposable {
     try {
       return await vscode.window.withProgress(
         { location: vscode.ProgressLocation.Window, title: `podloop: ${title}` },
-        () => client.sendRequest(ExecuteCommandRequest.type, { command, arguments: [] }),
+        () => client.sendRequest(ExecuteCommandRequest.type, { command, arguments: args }),
       );
     } catch (error) {
       void this.showError(`podloop: ${title} failed: ${errorMessage(error)}`);
@@ -380,6 +380,13 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   register('podloop.reload', () => active.runServerCommand(ServerCommand.reload, 'run reload'));
   register('podloop.pause', () => active.runServerCommand(ServerCommand.pause, 'pause'));
   register('podloop.resume', () => active.runServerCommand(ServerCommand.resume, 'resume'));
+  // The quick fix the server offers on a conflict diagnostic runs this id
+  // with the file's URI.
+  context.subscriptions.push(
+    vscode.commands.registerCommand(ServerCommand.overwrite, (uri: unknown) =>
+      active.runServerCommand(ServerCommand.overwrite, "overwrite the container's copy", [uri]),
+    ),
+  );
   register('podloop.showStatus', () => active.showStatus());
   register('podloop.showLogs', () => active.output.show(true));
   register('podloop.restartServer', () => active.restart());

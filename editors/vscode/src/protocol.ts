@@ -42,6 +42,8 @@ export const ServerCommand = {
   pause: 'podloop.pause',
   resume: 'podloop.resume',
   status: 'podloop.status',
+  /** `[uri]`: the conflict quick fix (send the file over the container's copy). */
+  overwrite: 'podloop.overwrite',
 } as const;
 
 /**

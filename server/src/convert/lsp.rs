@@ -6,12 +6,12 @@ use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tower_lsp_server::ls_types::{
-    Diagnostic, DiagnosticSeverity, MessageType, Position, Range, Uri,
+    Diagnostic, DiagnosticSeverity, MessageType, NumberOrString, Position, Range, Uri,
 };
 
 use crate::engine::{
-    EngineState, Health, LastSync, Level, Overrides, Problem, Status, SyncAllReport, TargetState,
-    TargetStatus,
+    EngineState, Health, LastSync, Level, Overrides, Problem, ProblemKind, Status, SyncAllReport,
+    TargetState, TargetStatus,
 };
 use crate::lsp::ext::{LastSyncParams, Settings, StatusParams, SyncAllResult, TargetStatusParams};
 
@@ -102,10 +102,18 @@ pub fn problem_to_diagnostic(problem: &Problem) -> Diagnostic {
         range: Range::new(start, end),
         severity: Some(level_to_severity(problem.severity)),
         source: Some(DIAGNOSTIC_SOURCE.to_owned()),
+        code: match problem.kind {
+            ProblemKind::Conflict => Some(NumberOrString::String(CONFLICT_CODE.to_owned())),
+            ProblemKind::Other => None,
+        },
         message: problem.message.clone(),
         ..Diagnostic::default()
     }
 }
+
+/// `Diagnostic.code` of a conflict: the code action that resolves it looks
+/// for it (`lsp::handlers::code_action`).
+pub const CONFLICT_CODE: &str = "conflict";
 
 pub fn level_to_severity(level: Level) -> DiagnosticSeverity {
     match level {
@@ -254,6 +262,7 @@ mod tests {
     #[test]
     fn problems_become_podloop_diagnostics_on_their_line() {
         let diagnostic = problem_to_diagnostic(&Problem {
+            kind: ProblemKind::Other,
             severity: Level::Error,
             line: 3,
             column: 2,

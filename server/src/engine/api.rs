@@ -42,6 +42,12 @@ pub enum Input {
         paths: Vec<PathBuf>,
         origin: ChangeOrigin,
     },
+    /// Send these files over the container's copy even where it changed
+    /// since podloop wrote it (the user resolved a conflict for the local
+    /// file: `on_conflict = "skip"` left it, or they want to be sure).
+    Overwrite {
+        paths: Vec<PathBuf>,
+    },
     /// A workspace folder was opened (its `podloop.toml`, if any, is read).
     AddRoot(PathBuf),
     RemoveRoot(PathBuf),
@@ -117,9 +123,19 @@ pub enum Level {
     Debug,
 }
 
+/// What a problem is about, when an editor can offer something for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    Other,
+    /// The container's copy changed since podloop wrote it
+    /// (`Input::Overwrite` resolves it for the local copy).
+    Conflict,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
     pub severity: Level,
+    pub kind: ProblemKind,
     /// 0-based line in the local file (config errors point at their key).
     pub line: u32,
     pub column: u32,

@@ -131,6 +131,10 @@ struct Tracked {
     pending: BTreeSet<RelPath>,
     /// Paths that failed permanently: sent again with the next batch.
     failed: BTreeSet<RelPath>,
+    /// Paths the user chose to overwrite whatever the container changed
+    /// (`Input::Overwrite`): sent without the conflict check until a batch
+    /// delivers them.
+    overwrite: BTreeSet<RelPath>,
     full_sync: Option<Vec<u64>>,
     full_check: Option<Vec<u64>>,
     reload_requested: bool,
@@ -167,6 +171,7 @@ impl Tracked {
             target,
             pending: BTreeSet::new(),
             failed: BTreeSet::new(),
+            overwrite: BTreeSet::new(),
             full_sync: None,
             full_check: None,
             reload_requested: false,
@@ -367,6 +372,7 @@ impl<C: Cluster> MainLoop<C> {
     fn on_input(&mut self, input: Input) {
         match input {
             Input::Changed { paths, origin } => self.on_changed(paths, origin),
+            Input::Overwrite { paths } => self.on_overwrite(paths),
             Input::AddRoot(root) => {
                 self.add_root(root);
                 self.rebuild_mappings();
@@ -473,6 +479,22 @@ impl<C: Cluster> MainLoop<C> {
         }
     }
 
+    fn on_overwrite(&mut self, paths: Vec<PathBuf>) {
+        let now = Instant::now();
+        for path in paths {
+            let ids: Vec<MappingId> = self.mappings.keys().copied().collect();
+            for id in ids {
+                let Some(rel) = self.mappings[&id].info.relative(&path) else {
+                    continue;
+                };
+                for (_, t) in self.targets.range_mut(range_of(id)) {
+                    t.overwrite.insert(rel.clone());
+                }
+                self.add_pending(id, rel, now);
+            }
+        }
+    }
+
     fn add_pending(&mut self, id: MappingId, rel: RelPath, now: Instant) {
         let mut any = false;
         for (key, t) in self.targets.range_mut(range_of(id)) {
@@ -530,6 +552,7 @@ impl<C: Cluster> MainLoop<C> {
                 let problems = errors
                     .iter()
                     .map(|e| Problem {
+                        kind: ProblemKind::Other,
                         severity: Level::Error,
                         line: e.line,
                         column: e.column,
@@ -1120,6 +1143,7 @@ impl<C: Cluster> MainLoop<C> {
                 held,
                 kind,
                 force_reload: reload,
+                overwrite: t.overwrite.clone(),
             };
             let batch_id = self.id();
             let progress = if kind != BatchKind::Changes || paths.len() >= LARGE_BATCH {
@@ -1237,6 +1261,7 @@ impl<C: Cluster> MainLoop<C> {
                         format!("conflict in {pod}: {detail}; overwritten with the local file")
                     };
                     conflict_problems.entry(path).or_default().push(Problem {
+                        kind: ProblemKind::Conflict,
                         severity: Level::Warning,
                         line: 0,
                         column: 0,
@@ -1247,6 +1272,7 @@ impl<C: Cluster> MainLoop<C> {
                 }
             };
             local_problems.entry(path).or_default().push(Problem {
+                kind: ProblemKind::Other,
                 severity,
                 line: 0,
                 column: 0,
@@ -1301,6 +1327,7 @@ impl<C: Cluster> MainLoop<C> {
                 t.error = None;
                 for (rel, held) in &outcome.sent {
                     record_held(&mut t.held, rel, held);
+                    t.overwrite.remove(rel);
                     succeeded.push(rel.clone());
                 }
                 if let Some(d) = delivery {
@@ -1364,6 +1391,7 @@ impl<C: Cluster> MainLoop<C> {
                 // landed yet: a warning on each waiting file, replaced by
                 // nothing once a later batch delivers it.
                 let waiting = Problem {
+                    kind: ProblemKind::Other,
                     severity: Level::Warning,
                     line: 0,
                     column: 0,
@@ -1451,6 +1479,7 @@ impl<C: Cluster> MainLoop<C> {
                 &info.local_path(rel),
                 ProblemSource::Delivery(key.clone()),
                 vec![Problem {
+                    kind: ProblemKind::Other,
                     severity: Level::Error,
                     line: 0,
                     column: 0,
@@ -1472,6 +1501,7 @@ impl<C: Cluster> MainLoop<C> {
                     path,
                     ProblemSource::Reload(key.clone()),
                     vec![Problem {
+                        kind: ProblemKind::Other,
                         severity: Level::Warning,
                         line: 0,
                         column: 0,

@@ -44,6 +44,8 @@ pub(crate) struct BatchRequest {
     pub kind: BatchKind,
     /// Run the mapping's `reload` even if no file changed (`Input::Reload`).
     pub force_reload: bool,
+    /// Send these over whatever the container holds: no conflict check.
+    pub overwrite: BTreeSet<RelPath>,
 }
 
 /// Why a path was not sent, when the user should hear about it.
@@ -382,8 +384,8 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                     });
                     continue;
                 }
-                if let (Some(remote), Some(Held::File { sha256: ours, .. })) =
-                    (remote, req.held.get(&rel))
+                if let (Some(remote), Some(Held::File { sha256: ours, .. }), false) =
+                    (remote, req.held.get(&rel), req.overwrite.contains(&rel))
                 {
                     if remote.sha256 != *ours && remote.sha256 != sha256 {
                         let skipped = m.on_conflict == OnConflict::Skip;
@@ -405,7 +407,8 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                 }
                 // Without a manifest, the container checks what it replaces
                 // against what podloop last put there (conflicts).
-                let expect = match (manifest, req.held.get(&rel)) {
+                let checked = !req.overwrite.contains(&rel);
+                let expect = match (manifest, req.held.get(&rel).filter(|_| checked)) {
                     (None, Some(Held::File { sha256: ours, .. })) => Some(Some(*ours)),
                     (None, Some(Held::Absent)) => Some(None),
                     _ => None,

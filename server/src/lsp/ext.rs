@@ -73,16 +73,20 @@ pub enum Command {
     Resume,
     Status,
     Doctor,
+    /// `[uri]`: send the file over the container's copy even where it
+    /// changed since podloop wrote it (the conflict quick fix).
+    Overwrite,
 }
 
 impl Command {
-    pub const ALL: [Command; 6] = [
+    pub const ALL: [Command; 7] = [
         Command::SyncAll,
         Command::Reload,
         Command::Pause,
         Command::Resume,
         Command::Status,
         Command::Doctor,
+        Command::Overwrite,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +97,7 @@ impl Command {
             Command::Resume => "podloop.resume",
             Command::Status => "podloop.status",
             Command::Doctor => "podloop.doctor",
+            Command::Overwrite => "podloop.overwrite",
         }
     }
 

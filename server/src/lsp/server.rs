@@ -11,10 +11,11 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 use tower_lsp_server::jsonrpc::Result;
 use tower_lsp_server::ls_types::{
-    CreateFilesParams, DeleteFilesParams, DidChangeConfigurationParams,
-    DidChangeWatchedFilesParams, DidChangeWorkspaceFoldersParams, DidCloseTextDocumentParams,
-    DidOpenTextDocumentParams, DidSaveTextDocumentParams, ExecuteCommandParams, InitializeParams,
-    InitializeResult, InitializedParams, LSPAny, RenameFilesParams,
+    CodeActionParams, CodeActionResponse, CreateFilesParams, DeleteFilesParams,
+    DidChangeConfigurationParams, DidChangeWatchedFilesParams, DidChangeWorkspaceFoldersParams,
+    DidCloseTextDocumentParams, DidOpenTextDocumentParams, DidSaveTextDocumentParams,
+    ExecuteCommandParams, InitializeParams, InitializeResult, InitializedParams, LSPAny,
+    RenameFilesParams,
 };
 use tower_lsp_server::{Client, LanguageServer};
 
@@ -286,6 +287,10 @@ impl LanguageServer for PodloopServer {
 
     async fn did_delete_files(&self, params: DeleteFilesParams) {
         handlers::did_delete_files::did_delete_files(&self.session, params);
+    }
+
+    async fn code_action(&self, params: CodeActionParams) -> Result<Option<CodeActionResponse>> {
+        Ok(handlers::code_action::code_action(params))
     }
 
     async fn execute_command(&self, params: ExecuteCommandParams) -> Result<Option<LSPAny>> {

@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tower_lsp_server::jsonrpc::{Error, Result};
-use tower_lsp_server::ls_types::{ExecuteCommandParams, LSPAny, NumberOrString, ProgressToken};
+use tower_lsp_server::ls_types::{
+    ExecuteCommandParams, LSPAny, NumberOrString, ProgressToken, Uri,
+};
 
-use crate::convert::lsp::{status_to_lsp, sync_all_to_lsp};
+use crate::convert::lsp::{status_to_lsp, sync_all_to_lsp, uri_to_path};
 use crate::engine::Input;
 use crate::lsp::ext::Command;
 use crate::lsp::progress::ProgressGuard;
@@ -61,6 +63,24 @@ pub async fn execute_command(
         Command::Pause => send(session, Input::Pause).map(|()| None),
         Command::Resume => send(session, Input::Resume).map(|()| None),
         Command::Doctor => doctor(session).await,
+        Command::Overwrite => {
+            let paths = params
+                .arguments
+                .iter()
+                .map(|argument| {
+                    argument
+                        .as_str()
+                        .and_then(|text| text.parse::<Uri>().ok())
+                        .and_then(|uri| uri_to_path(&uri))
+                        .ok_or_else(|| {
+                            Error::invalid_params(format!(
+                                "podloop.overwrite takes file URIs; got {argument}"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            send(session, Input::Overwrite { paths }).map(|()| None)
+        }
     }
 }
 

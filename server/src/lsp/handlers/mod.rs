@@ -1,6 +1,7 @@
 //! One module per LSP method. Each handler turns its message into engine
 //! `Input`s and returns; none waits for a sync to finish.
 
+pub mod code_action;
 pub mod did_change_configuration;
 pub mod did_change_watched_files;
 pub mod did_change_workspace_folders;
