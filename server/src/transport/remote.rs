@@ -421,11 +421,11 @@ pub fn sh_word(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Lists every regular file under `$1` with size, mode and sha256, skipping
-/// podloop's own leftovers: a staging folder or a one-file temporary of a
-/// batch whose connection died (`.podloop-stage-NONCE`, `.podloop-NONCE`,
-/// exactly 16 hex digits, so a user's `.podloop-notes` is never touched).
-/// Leftovers older than 10 minutes (no batch is still writing them) are
-/// removed first. Per `xargs` chunk it prints `C\0<n>\0`, the n
+/// podloop's own: staging folders (`.podloop-stage-*`) and the one-file
+/// temporaries of a batch whose connection died (`.podloop-NONCE`, exactly
+/// 16 hex digits, so a user's `.podloop-notes` is listed as any file).
+/// Leftovers with podloop's exact names older than 10 minutes (no batch is
+/// still writing them) are removed first. Per `xargs` chunk it prints `C\0<n>\0`, the n
 /// names NUL-terminated, n `stat` lines (`size mode`, no names), then n
 /// `sha256sum` lines, which the parser matches against the names it already
 /// knows: that is what makes names with newlines safe (busybox prints them
@@ -441,7 +441,7 @@ done
 h='[0-9a-f]'; h=$h$h$h$h; h=$h$h$h$h
 find . \( -name ".podloop-$h" -o -name ".podloop-stage-$h" \) -mmin +10 \
   -prune -exec rm -rf -- {} + </dev/null >/dev/null 2>&1
-find . \( -name ".podloop-$h" -o -name ".podloop-stage-$h" \) -prune -o -type f -print0 </dev/null |
+find . \( -name ".podloop-$h" -o -name '.podloop-stage-*' \) -prune -o -type f -print0 </dev/null |
   xargs -0 -r sh -c 'printf "C\0%s\0" "$#"; for f; do printf "%s\0" "$f"; done; stat -c "%s %a" -- "$@" && sha256sum -- "$@"' podloop-manifest
 "#
 );
