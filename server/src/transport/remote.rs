@@ -114,9 +114,9 @@ changed() {
 [ "$3" = . ] && return 1
 [ "$known" = 1 ] || state_of "$1"
 [ "$now" = "$3" ] || [ "$now" = "$4" ] && return 1
-size=
-case $now in -|'?') ;; *) size=$(wc -c <"$1") ;; esac
-printf 'C\0%s\0%s\0%s\0%s\0' "$2" "$now" "$size" "$5"
+c_size=
+case $now in -|'?') ;; *) c_size=$(wc -c <"$1") ;; esac
+printf 'C\0%s\0%s\0%s\0%s\0' "$2" "$now" "$c_size" "$5"
 return 0
 }
 "#;
