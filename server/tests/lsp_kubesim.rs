@@ -6,10 +6,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{write_file, TestServer};
+use common::{kube_starter, write_file, TestServer};
 use kubesim::{Image, PodTemplate, Sim, SimOptions};
-use podloop::convert::kube::{KubeCluster, KubeOptions};
-use podloop::lsp::EngineStarter;
 use serde_json::Value;
 
 // The namespace is explicit: an empty one reaches the transport as a
@@ -49,20 +47,6 @@ async fn setup() -> Setup {
         workspace,
         _sim_dir: sim_dir,
     }
-}
-
-fn kube_starter(sim: &Sim) -> EngineStarter {
-    let kubeconfig = sim.kubeconfig_path();
-    Box::new(move |options| {
-        Box::pin(async move {
-            let cluster = KubeCluster::new(KubeOptions {
-                kubeconfig: Some(kubeconfig),
-                context: None,
-            })
-            .map_err(|error| error.to_string())?;
-            Ok(podloop::engine::start(cluster, options))
-        })
-    })
 }
 
 async fn server_for(setup: &Setup) -> TestServer {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use kubesim::{Image, PodTemplate};
 use podloop::engine::{ChangeOrigin, Output, Problem, Status, TargetState};
-use reliability_common::{EngineSim, Options, DEADLINE};
+use reliability_common::{api_pod, EngineSim, DEADLINE};
 
 const VOLUME: &str = "/data";
 const CONFIG: &str = r#"
@@ -42,27 +42,11 @@ fn busybox_or_skip() -> bool {
 }
 
 fn pod() -> PodTemplate {
-    PodTemplate::new("api-1")
-        .label("app", "api")
-        .container("app", Image::Busybox)
-        .memory_volume("data", "64Ki", VOLUME)
+    api_pod(Image::Busybox).memory_volume("data", "64Ki", VOLUME)
 }
 
 async fn with_volume_pod() -> EngineSim {
-    let (sim, dir) = EngineSim::sim().await;
-    sim.create_pod(pod()).await.unwrap();
-    let mut h = EngineSim::start(
-        sim,
-        dir,
-        Options {
-            config: CONFIG.into(),
-            warm_sessions: true,
-            own_file_watcher: false,
-        },
-    );
-    h.settled(|s| s.targets.iter().any(|t| !t.pod.is_empty()))
-        .await;
-    h
+    EngineSim::with_pod(pod(), CONFIG).await
 }
 
 /// The volume as the host sees it (kubesim mounts it in its own namespace).

@@ -20,17 +20,7 @@ use kubesim::{CutMode, Image, PodTemplate, ReplaceOrder};
 use podloop::engine::{ChangeOrigin, EngineState, Output, TargetState};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use reliability_common::{differences, is_staging, snapshot, EngineSim, Options};
-
-// No namespace: the context's ("default") is used, as most users write it.
-const CONFIG: &str = r#"
-[[sync]]
-name = "api"
-local = "src"
-remote = "/app"
-selector = "app=api"
-container = "app"
-"#;
+use reliability_common::{differences, is_staging, snapshot, EngineSim, Options, API_CONFIG};
 
 /// PID 1 of every pod: a reader that checks every synced file ends with the
 /// trailer each whole version carries. A file caught truncated or empty is
@@ -149,7 +139,7 @@ async fn run(seed: u64, rounds: usize, warm_sessions: bool) {
         sim,
         dir,
         Options {
-            config: CONFIG.into(),
+            config: API_CONFIG.into(),
             warm_sessions,
             own_file_watcher: false,
         },

@@ -8,43 +8,52 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use kubesim::{Image, PodTemplate, ReplaceOrder};
+use kubesim::{Image, ReplaceOrder};
 use podloop::convert::kube::{KubeCluster, KubeOptions};
 use podloop::engine::{
-    ChangeOrigin, Cluster, Health, Input, Level, Output, PodSelector, TargetSpec, TargetState,
+    ChangeOrigin, Cluster, Health, Input, Level, Output, PodSelector, Problem, TargetSpec,
+    TargetState,
 };
-use reliability_common::{EngineSim, Options};
-
-const BASE: &str = r#"
-[[sync]]
-name = "api"
-local = "src"
-remote = "/app"
-selector = "app=api"
-container = "app"
-"#;
+use reliability_common::{api_pod, EngineSim, Options, API_CONFIG};
 
 async fn with_pod(image: Image, config: &str) -> EngineSim {
-    let (sim, dir) = EngineSim::sim().await;
-    sim.create_pod(
-        PodTemplate::new("api-1")
-            .label("app", "api")
-            .container("app", image),
-    )
-    .await
-    .unwrap();
-    let mut h = EngineSim::start(
-        sim,
-        dir,
-        Options {
-            config: config.into(),
-            warm_sessions: true,
-            own_file_watcher: false,
-        },
+    EngineSim::with_pod(api_pod(image), config).await
+}
+
+/// `conf.txt` saved and synced as "local v1\n", then rewritten as "edited in
+/// the pod\n" by someone in the container; returns the engine, the local
+/// file and the container's root.
+async fn conf_edited_in_the_pod(config: &str) -> (EngineSim, PathBuf, PathBuf) {
+    let mut h = with_pod(Image::Busybox, config).await;
+    let file = h.save("conf.txt", b"local v1\n");
+    h.quiescent().await;
+    let root = h.root_of("api-1", "app");
+    std::fs::write(root.join("app/conf.txt"), b"edited in the pod\n").unwrap();
+    (h, file, root)
+}
+
+/// The report on `conf.txt` (see `conf_edited_in_the_pod`) when the local
+/// file replaced the container's edit.
+fn assert_overwritten_conflict(problems: &[Problem]) {
+    let m = &problems[0].message;
+    assert_eq!(problems[0].severity, Level::Warning);
+    assert!(
+        m.contains("/app/conf.txt changed in the container since podloop wrote it")
+            && m.contains("container has 18 bytes sha256 ")
+            && m.contains("local is 9 bytes sha256 ")
+            && m.ends_with("overwritten with the local file"),
+        "{m}"
     );
-    h.settled(|s| s.targets.iter().any(|t| !t.pod.is_empty()))
-        .await;
-    h
+}
+
+fn assert_skipped_conflict(problems: &[Problem]) {
+    assert!(
+        problems[0]
+            .message
+            .ends_with("not overwritten (on_conflict = \"skip\")"),
+        "{}",
+        problems[0].message
+    );
 }
 
 fn in_pod(h: &EngineSim, pod: &str, path: &[u8]) -> Option<Vec<u8>> {
@@ -55,8 +64,8 @@ fn in_pod(h: &EngineSim, pod: &str, path: &[u8]) -> Option<Vec<u8>> {
 async fn problems_until(
     h: &mut EngineSim,
     path: &std::path::Path,
-    pred: impl Fn(&[podloop::engine::Problem]) -> bool,
-) -> Vec<podloop::engine::Problem> {
+    pred: impl Fn(&[Problem]) -> bool,
+) -> Vec<Problem> {
     let out = h
         .until(|o| matches!(o, Output::FileProblems { path: p, problems } if p == path && pred(problems)))
         .await;
@@ -69,13 +78,7 @@ async fn problems_until(
 #[tokio::test]
 async fn an_empty_namespace_means_the_contexts_namespace() {
     let (sim, _dir) = EngineSim::sim().await;
-    sim.create_pod(
-        PodTemplate::new("api-1")
-            .label("app", "api")
-            .container("app", Image::Busybox),
-    )
-    .await
-    .unwrap();
+    sim.create_pod(api_pod(Image::Busybox)).await.unwrap();
     let cluster = KubeCluster::new(KubeOptions {
         kubeconfig: Some(sim.kubeconfig_path()),
         context: None,
@@ -96,7 +99,7 @@ async fn an_empty_namespace_means_the_contexts_namespace() {
 
 #[tokio::test]
 async fn pod_replacement_new_first_and_old_first_and_restart_are_resynced() {
-    let mut h = with_pod(Image::Busybox, BASE).await;
+    let mut h = with_pod(Image::Busybox, API_CONFIG).await;
     h.save("a.txt", b"a");
     h.save("dir/b.txt", b"b");
     h.quiescent().await;
@@ -136,26 +139,14 @@ async fn pod_replacement_new_first_and_old_first_and_restart_are_resynced() {
 
 #[tokio::test]
 async fn a_conflicting_edit_in_the_container_is_reported_with_both_hashes_then_overwritten() {
-    let mut h = with_pod(Image::Busybox, BASE).await;
-    let file = h.save("conf.txt", b"local v1\n");
-    h.quiescent().await;
     // Someone edits the file in a shell in the pod, then the user saves.
-    let root = h.root_of("api-1", "app");
-    std::fs::write(root.join("app/conf.txt"), b"edited in the pod\n").unwrap();
+    let (mut h, file, root) = conf_edited_in_the_pod(API_CONFIG).await;
     h.write("conf.txt", b"local v2\n");
     let report = h.sync_all(false).await;
     assert!(report.failures.is_empty(), "{report:?}");
     h.drain();
     let problems = h.problems_for(&file).expect("a conflict diagnostic");
-    let m = &problems[0].message;
-    assert_eq!(problems[0].severity, Level::Warning);
-    assert!(
-        m.contains("/app/conf.txt changed in the container since podloop wrote it")
-            && m.contains("container has 18 bytes sha256 ")
-            && m.contains("local is 9 bytes sha256 ")
-            && m.ends_with("overwritten with the local file"),
-        "{m}"
-    );
+    assert_overwritten_conflict(&problems);
     assert_eq!(
         std::fs::read(root.join("app/conf.txt")).unwrap(),
         b"local v2\n"
@@ -164,23 +155,13 @@ async fn a_conflicting_edit_in_the_container_is_reported_with_both_hashes_then_o
 
 #[tokio::test]
 async fn on_conflict_skip_keeps_the_containers_copy() {
-    let config = format!("{BASE}on_conflict = \"skip\"\n");
-    let mut h = with_pod(Image::Busybox, &config).await;
-    let file = h.save("conf.txt", b"local v1\n");
-    h.quiescent().await;
-    let root = h.root_of("api-1", "app");
-    std::fs::write(root.join("app/conf.txt"), b"edited in the pod\n").unwrap();
+    let config = format!("{API_CONFIG}on_conflict = \"skip\"\n");
+    let (mut h, file, root) = conf_edited_in_the_pod(&config).await;
     h.write("conf.txt", b"local v2\n");
     h.sync_all(false).await;
     h.drain();
     let problems = h.problems_for(&file).expect("a conflict diagnostic");
-    assert!(
-        problems[0]
-            .message
-            .ends_with("not overwritten (on_conflict = \"skip\")"),
-        "{}",
-        problems[0].message
-    );
+    assert_skipped_conflict(&problems);
     assert_eq!(
         std::fs::read(root.join("app/conf.txt")).unwrap(),
         b"edited in the pod\n"
@@ -189,26 +170,15 @@ async fn on_conflict_skip_keeps_the_containers_copy() {
 
 #[tokio::test]
 async fn an_ordinary_save_over_a_file_edited_in_the_pod_reports_both_hashes_then_overwrites() {
-    let mut h = with_pod(Image::Busybox, BASE).await;
-    let file = h.save("conf.txt", b"local v1\n");
-    h.quiescent().await;
-    let root = h.root_of("api-1", "app");
-    std::fs::write(root.join("app/conf.txt"), b"edited in the pod\n").unwrap();
+    let (mut h, file, root) = conf_edited_in_the_pod(API_CONFIG).await;
     // No sync-all, no restart: the save itself checks what it replaces.
     h.save("conf.txt", b"local v2\n");
     h.quiescent().await;
     h.drain();
     let problems = h.problems_for(&file).expect("a conflict diagnostic");
+    assert_overwritten_conflict(&problems);
     let m = &problems[0].message;
-    assert_eq!(problems[0].severity, Level::Warning);
-    assert!(
-        m.contains("/app/conf.txt changed in the container since podloop wrote it")
-            && m.contains("podloop wrote sha256 ")
-            && m.contains("container has 18 bytes sha256 ")
-            && m.contains("local is 9 bytes sha256 ")
-            && m.ends_with("overwritten with the local file"),
-        "{m}"
-    );
+    assert!(m.contains("podloop wrote sha256 "), "{m}");
     assert_eq!(
         std::fs::read(root.join("app/conf.txt")).unwrap(),
         b"local v2\n"
@@ -222,7 +192,7 @@ async fn an_ordinary_save_over_a_file_edited_in_the_pod_reports_both_hashes_then
 
 #[tokio::test]
 async fn an_ordinary_save_with_on_conflict_skip_leaves_the_pods_copy_until_it_matches() {
-    let config = format!("{BASE}on_conflict = \"skip\"\n");
+    let config = format!("{API_CONFIG}on_conflict = \"skip\"\n");
     let mut h = with_pod(Image::Busybox, &config).await;
     let file = h.save("conf.txt", b"local v1\n");
     h.save("other.txt", b"other v1\n");
@@ -241,13 +211,7 @@ async fn an_ordinary_save_with_on_conflict_skip_leaves_the_pods_copy_until_it_ma
     h.quiescent().await;
     h.drain();
     let problems = h.problems_for(&file).expect("a conflict diagnostic");
-    assert!(
-        problems[0]
-            .message
-            .ends_with("not overwritten (on_conflict = \"skip\")"),
-        "{}",
-        problems[0].message
-    );
+    assert_skipped_conflict(&problems);
     assert_eq!(
         std::fs::read(root.join("app/conf.txt")).unwrap(),
         b"edited in the pod\n"
@@ -265,7 +229,7 @@ async fn an_ordinary_save_with_on_conflict_skip_leaves_the_pods_copy_until_it_ma
 
 #[tokio::test]
 async fn check_reports_drift_in_either_direction_and_sends_nothing() {
-    let mut h = with_pod(Image::Busybox, BASE).await;
+    let mut h = with_pod(Image::Busybox, API_CONFIG).await;
     h.save("same.txt", b"same");
     h.save("changed.txt", b"mine");
     h.save("gone.txt", b"gone");
@@ -292,7 +256,7 @@ async fn check_reports_drift_in_either_direction_and_sends_nothing() {
 
 #[tokio::test]
 async fn forbidden_exec_names_the_rbac_rule_and_recovers_when_allowed() {
-    let mut h = with_pod(Image::Busybox, BASE).await;
+    let mut h = with_pod(Image::Busybox, API_CONFIG).await;
     h.sim.faults().deny("create", "pods/exec");
     let file = h.save("a.txt", b"a");
     let problems = problems_until(&mut h, &file, |p| !p.is_empty()).await;
@@ -363,7 +327,7 @@ async fn missing_kubeconfig_and_unknown_context_say_what_to_do() {
 
 #[tokio::test]
 async fn a_read_only_container_filesystem_is_reported_with_the_fix() {
-    let mut h = with_pod(Image::BusyboxReadOnly, BASE).await;
+    let mut h = with_pod(Image::BusyboxReadOnly, API_CONFIG).await;
     let file = h.save("a.txt", b"a");
     let problems = problems_until(&mut h, &file, |p| !p.is_empty()).await;
     let m = &problems[0].message;
@@ -379,7 +343,7 @@ async fn a_read_only_container_filesystem_is_reported_with_the_fix() {
 
 #[tokio::test]
 async fn local_bad_inputs_each_get_their_message_and_nothing_stops() {
-    let config = format!("max_file_size = 1000\n{BASE}");
+    let config = format!("max_file_size = 1000\n{API_CONFIG}");
     let mut h = with_pod(Image::Busybox, &config).await;
 
     // Above max_file_size: skipped with a warning.

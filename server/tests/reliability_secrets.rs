@@ -5,14 +5,14 @@
 //! token.
 
 mod common;
+mod reliability_common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::{write_file, TestServer};
-use kubesim::{Image, PodTemplate, Sim, SimOptions};
-use podloop::convert::kube::{KubeCluster, KubeOptions};
-use podloop::lsp::EngineStarter;
+use common::{kube_starter, write_file, TestServer};
+use kubesim::{Image, Sim, SimOptions};
+use reliability_common::api_pod;
 use serde_json::Value;
 
 #[derive(Clone, Default)]
@@ -50,33 +50,16 @@ async fn no_token_in_any_log_line_status_or_message() {
     let sim = Sim::start(SimOptions::new(sim_dir.path())).await.unwrap();
     let token = sim.token();
     assert!(token.len() >= 16, "a token worth searching for");
-    sim.create_pod(
-        PodTemplate::new("api-1")
-            .label("app", "api")
-            .container("app", Image::Busybox),
-    )
-    .await
-    .unwrap();
+    sim.create_pod(api_pod(Image::Busybox)).await.unwrap();
     let workspace = tempfile::tempdir().unwrap();
     std::fs::write(
         workspace.path().join("podloop.toml"),
         "[[sync]]\nname = \"api\"\nlocal = \"src\"\nremote = \"/app\"\nselector = \"app=api\"\n",
     )
     .unwrap();
-    let kubeconfig = sim.kubeconfig_path();
-    let starter: EngineStarter = Box::new(move |options| {
-        Box::pin(async move {
-            let cluster = KubeCluster::new(KubeOptions {
-                kubeconfig: Some(kubeconfig),
-                context: None,
-            })
-            .map_err(|error| error.to_string())?;
-            Ok(podloop::engine::start(cluster, options))
-        })
-    });
     let server = TestServer::builder()
         .workspace(workspace.path())
-        .engine(starter)
+        .engine(kube_starter(&sim))
         .build()
         .await;
     let settled = |s: &Value| s["quiescent"] == true && s["targets"][0]["pod"] == "api-1";

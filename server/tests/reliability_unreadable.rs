@@ -4,6 +4,8 @@
 //! The unreadable file gets an error naming why; the readable one saved with
 //! it lands; after `chmod 0644` and a save, it lands and the error clears.
 
+mod reliability_common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,21 +13,13 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kubesim::{Image, PodTemplate, Sim, SimOptions};
+use kubesim::{Image, Sim, SimOptions};
+use reliability_common::{api_pod, API_CONFIG};
 use serde_json::{json, Value};
 
 const NOBODY: u32 = 65534;
 const SETPRIV: &str = "/usr/bin/setpriv";
 const DEADLINE: Duration = Duration::from_secs(60);
-const CONFIG: &str = r#"
-[[sync]]
-name = "api"
-local = "src"
-remote = "/app"
-selector = "app=api"
-container = "app"
-"#;
-
 fn tools_or_skip() -> bool {
     let ci = std::env::var("CI").as_deref() == Ok("true");
     for (tool, present, install) in [
@@ -270,13 +264,7 @@ async fn a_file_the_server_cannot_read_is_reported_and_lands_once_readable() {
     }
     let sim_dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(SimOptions::new(sim_dir.path())).await.unwrap();
-    sim.create_pod(
-        PodTemplate::new("api-1")
-            .label("app", "api")
-            .container("app", Image::Busybox),
-    )
-    .await
-    .unwrap();
+    sim.create_pod(api_pod(Image::Busybox)).await.unwrap();
 
     // Everything the server needs, readable by nobody; its home writable.
     let base = tempfile::tempdir().unwrap();
@@ -286,7 +274,7 @@ async fn a_file_the_server_cannot_read_is_reported_and_lands_once_readable() {
     std::fs::create_dir_all(&src).unwrap();
     chmod(&workspace, 0o755);
     chmod(&src, 0o755);
-    std::fs::write(workspace.join("podloop.toml"), CONFIG).unwrap();
+    std::fs::write(workspace.join("podloop.toml"), API_CONFIG).unwrap();
     chmod(&workspace.join("podloop.toml"), 0o644);
     let kubeconfig = base.path().join("kubeconfig");
     std::fs::copy(sim.kubeconfig_path(), &kubeconfig).unwrap();

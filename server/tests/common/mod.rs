@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kubesim::Sim;
+use podloop::convert::kube::{KubeCluster, KubeOptions};
 use podloop::lsp::{EngineStarter, ServeOutcome, ServerOptions};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, WriteHalf};
@@ -133,6 +135,21 @@ pub struct TestServer {
     reader: JoinHandle<()>,
     workspaces: Vec<PathBuf>,
     initialize_result: Value,
+}
+
+/// Starts the real engine over a kube cluster that talks to `sim`.
+pub fn kube_starter(sim: &Sim) -> EngineStarter {
+    let kubeconfig = sim.kubeconfig_path();
+    Box::new(move |options| {
+        Box::pin(async move {
+            let cluster = KubeCluster::new(KubeOptions {
+                kubeconfig: Some(kubeconfig),
+                context: None,
+            })
+            .map_err(|error| error.to_string())?;
+            Ok(podloop::engine::start(cluster, options))
+        })
+    })
 }
 
 /// What a typical editor advertises: progress, no file-watch registration

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kubesim::{Sim, SimOptions};
+use kubesim::{Image, PodTemplate, Sim, SimOptions};
 use podloop::convert::kube::{KubeCluster, KubeOptions};
 use podloop::engine::{
     self, ChangeOrigin, EngineHandle, EngineOptions, Input, Output, Overrides, Problem, Status,
@@ -19,6 +19,25 @@ use podloop::engine::{
 use tokio::sync::{mpsc, oneshot};
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// `src` to `/app` in container `app` of the `app=api` pods. No namespace:
+/// the context's ("default") is used, as most users write it.
+pub const API_CONFIG: &str = r#"
+[[sync]]
+name = "api"
+local = "src"
+remote = "/app"
+selector = "app=api"
+container = "app"
+"#;
+
+/// `api-1`, labelled `app=api`, with one container `app`: the pod
+/// `API_CONFIG` selects.
+pub fn api_pod(image: Image) -> PodTemplate {
+    PodTemplate::new("api-1")
+        .label("app", "api")
+        .container("app", image)
+}
 
 pub struct EngineSim {
     pub sim: Sim,
@@ -43,6 +62,25 @@ impl EngineSim {
             .await
             .unwrap();
         (sim, dir)
+    }
+
+    /// kubesim holding `pod`, then the engine over `config` with warm
+    /// sessions and no file watcher of its own, once a target has its pod.
+    pub async fn with_pod(pod: PodTemplate, config: &str) -> EngineSim {
+        let (sim, dir) = EngineSim::sim().await;
+        sim.create_pod(pod).await.unwrap();
+        let mut h = EngineSim::start(
+            sim,
+            dir,
+            Options {
+                config: config.into(),
+                warm_sessions: true,
+                own_file_watcher: false,
+            },
+        );
+        h.settled(|s| s.targets.iter().any(|t| !t.pod.is_empty()))
+            .await;
+        h
     }
 
     /// Starts the engine over a workspace holding `config` as podloop.toml
