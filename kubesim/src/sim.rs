@@ -864,22 +864,9 @@ impl Inner {
         container: &str,
     ) -> anyhow::Result<()> {
         let key = (namespace.to_string(), pod.to_string());
-        let (host_pid, restarts) = {
-            let state = self.state.lock().unwrap();
-            let p = state
-                .pods
-                .get(&key)
-                .ok_or_else(|| anyhow!("pods \"{pod}\" not found in namespace `{namespace}`"))?;
-            let c = p
-                .container(container)
-                .ok_or_else(|| anyhow!("container {container} is not valid for pod {pod}"))?;
-            (
-                c.host_pid.ok_or_else(|| {
-                    anyhow!("container `{container}` of pod {pod} is not running")
-                })?,
-                c.restart_count,
-            )
-        };
+        let (host_pid, restarts) = self.with_container(namespace, pod, container, |c| {
+            Ok((running_pid(c, pod)?, c.restart_count))
+        })?;
         runtime::kill_pid(host_pid, libc::SIGKILL);
         let container = container.to_string();
         self.wait_for(
@@ -901,6 +888,18 @@ impl Inner {
         pod: &str,
         container: &str,
     ) -> anyhow::Result<PathBuf> {
+        self.with_container(namespace, pod, container, |c| Ok(c.root.clone()))
+    }
+
+    /// `f` on a container's state, with the API's errors for a missing pod
+    /// or container.
+    fn with_container<T>(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        f: impl FnOnce(&ContainerState) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let state = self.state.lock().unwrap();
         let p = state
             .pods
@@ -909,7 +908,7 @@ impl Inner {
         let c = p
             .container(container)
             .ok_or_else(|| anyhow!("container {container} is not valid for pod {pod}"))?;
-        Ok(c.root.clone())
+        f(c)
     }
 
     pub fn read_file(
@@ -975,20 +974,9 @@ impl Inner {
         container: &str,
         command: &[String],
     ) -> anyhow::Result<std::process::Output> {
-        let (host_pid, image) = {
-            let state = self.state.lock().unwrap();
-            let p = state
-                .pods
-                .get(&(namespace.to_string(), pod.to_string()))
-                .ok_or_else(|| anyhow!("pods \"{pod}\" not found in namespace `{namespace}`"))?;
-            let c = p
-                .container(container)
-                .ok_or_else(|| anyhow!("container {container} is not valid for pod {pod}"))?;
-            let pid = c
-                .host_pid
-                .ok_or_else(|| anyhow!("container `{container}` of pod {pod} is not running"))?;
-            (pid, c.image)
-        };
+        let (host_pid, image) = self.with_container(namespace, pod, container, |c| {
+            Ok((running_pid(c, pod)?, c.image))
+        })?;
         let child = runtime::spawn_exec(host_pid, image, command, false, true, true)
             .context("starting nsenter for an exec")?;
         Ok(child.wait_with_output().await?)
@@ -1055,4 +1043,9 @@ pub(crate) fn resolve_in_root(root: &Path, path: &str) -> std::io::Result<PathBu
         }
     }
     Ok(resolved)
+}
+
+fn running_pid(c: &ContainerState, pod: &str) -> anyhow::Result<u32> {
+    c.host_pid
+        .ok_or_else(|| anyhow!("container `{}` of pod {pod} is not running", c.name))
 }
