@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kubesim::{Image, PodTemplate};
-use podloop::engine::{ChangeOrigin, Output, Problem, Status, TargetState};
+use podloop::engine::{ChangeOrigin, Problem, Status, TargetState};
 use reliability_common::{api_pod, EngineSim, DEADLINE};
 
 const VOLUME: &str = "/data";
@@ -111,20 +111,6 @@ fn says_disk_full(problems: &[Problem]) -> bool {
     })
 }
 
-async fn problems_until(
-    h: &mut EngineSim,
-    path: &Path,
-    pred: impl Fn(&[Problem]) -> bool,
-) -> Vec<Problem> {
-    let out = h
-        .until(|o| matches!(o, Output::FileProblems { path: p, problems } if p == path && pred(problems)))
-        .await;
-    match out {
-        Output::FileProblems { problems, .. } => problems,
-        _ => unreachable!(),
-    }
-}
-
 /// Milliseconds until the target's next attempt, from its error text
 /// ("… (next try in N ms)").
 fn next_try_ms(status: &Status) -> Option<u128> {
@@ -172,7 +158,7 @@ async fn one_file_that_does_not_fit_keeps_the_old_copy_and_lands_once_space_is_f
     // One file on a warm session: the single-file path, not tar.
     let new: Vec<u8> = (0..16 * 1024).map(|i| (i % 251) as u8).collect();
     h.save("big.txt", &new);
-    let problems = problems_until(&mut h, &file, says_disk_full).await;
+    let problems = h.problems_until(&file, says_disk_full).await;
     eprintln!("diagnostic: {problems:?}");
     let status = between_retries(&mut h).await;
     assert_still_pending(&status);
@@ -190,7 +176,7 @@ async fn one_file_that_does_not_fit_keeps_the_old_copy_and_lands_once_space_is_f
 
     // Space comes back: the backoff retries the save without another edit.
     std::fs::remove_file(&filler).unwrap();
-    problems_until(&mut h, &file, |p| p.is_empty()).await;
+    h.problems_until(&file, |p| p.is_empty()).await;
     let status = h.quiescent().await;
     assert_eq!(status.targets[0].error, None, "{status:?}");
     assert_eq!(in_pod(&h, "big.txt").as_deref(), Some(&new[..]));
@@ -229,7 +215,7 @@ async fn a_batch_that_does_not_fit_is_applied_whole_or_not_at_all() {
     }
     h.changed(paths.clone(), ChangeOrigin::Save);
     for path in &paths {
-        problems_until(&mut h, path, says_disk_full).await;
+        h.problems_until(path, says_disk_full).await;
     }
     let status = between_retries(&mut h).await;
     assert_still_pending(&status);
@@ -244,7 +230,7 @@ async fn a_batch_that_does_not_fit_is_applied_whole_or_not_at_all() {
 
     std::fs::remove_file(&filler).unwrap();
     for path in &paths {
-        problems_until(&mut h, path, |p| p.is_empty()).await;
+        h.problems_until(path, |p| p.is_empty()).await;
     }
     h.quiescent().await;
     for (n, new) in names.iter().zip(&news) {

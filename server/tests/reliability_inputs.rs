@@ -61,20 +61,6 @@ fn in_pod(h: &EngineSim, pod: &str, path: &[u8]) -> Option<Vec<u8>> {
     std::fs::read(root.join(OsStr::from_bytes(&path[1..]))).ok()
 }
 
-async fn problems_until(
-    h: &mut EngineSim,
-    path: &std::path::Path,
-    pred: impl Fn(&[Problem]) -> bool,
-) -> Vec<Problem> {
-    let out = h
-        .until(|o| matches!(o, Output::FileProblems { path: p, problems } if p == path && pred(problems)))
-        .await;
-    match out {
-        Output::FileProblems { problems, .. } => problems,
-        _ => unreachable!(),
-    }
-}
-
 #[tokio::test]
 async fn an_empty_namespace_means_the_contexts_namespace() {
     let (sim, _dir) = EngineSim::sim().await;
@@ -259,7 +245,7 @@ async fn forbidden_exec_names_the_rbac_rule_and_recovers_when_allowed() {
     let mut h = with_pod(Image::Busybox, API_CONFIG).await;
     h.sim.faults().deny("create", "pods/exec");
     let file = h.save("a.txt", b"a");
-    let problems = problems_until(&mut h, &file, |p| !p.is_empty()).await;
+    let problems = h.problems_until(&file, |p| !p.is_empty()).await;
     assert_eq!(problems[0].severity, Level::Error);
     let m = &problems[0].message;
     assert!(
@@ -270,7 +256,7 @@ async fn forbidden_exec_names_the_rbac_rule_and_recovers_when_allowed() {
     );
     h.sim.faults().clear();
     h.save("a.txt", b"a2");
-    problems_until(&mut h, &file, |p| p.is_empty()).await;
+    h.problems_until(&file, |p| p.is_empty()).await;
     assert_eq!(
         in_pod(&h, "api-1", b"/app/a.txt").as_deref(),
         Some(&b"a2"[..])
@@ -329,7 +315,7 @@ async fn missing_kubeconfig_and_unknown_context_say_what_to_do() {
 async fn a_read_only_container_filesystem_is_reported_with_the_fix() {
     let mut h = with_pod(Image::BusyboxReadOnly, API_CONFIG).await;
     let file = h.save("a.txt", b"a");
-    let problems = problems_until(&mut h, &file, |p| !p.is_empty()).await;
+    let problems = h.problems_until(&file, |p| !p.is_empty()).await;
     let m = &problems[0].message;
     assert!(
         m.starts_with("not delivered to pod api-1: cannot write under `/app`")
@@ -348,7 +334,7 @@ async fn local_bad_inputs_each_get_their_message_and_nothing_stops() {
 
     // Above max_file_size: skipped with a warning.
     let big = h.save("big.bin", &[7u8; 5000]);
-    let p = problems_until(&mut h, &big, |p| !p.is_empty()).await;
+    let p = h.problems_until(&big, |p| !p.is_empty()).await;
     assert_eq!(p[0].severity, Level::Warning);
     assert_eq!(
         p[0].message,
@@ -359,7 +345,7 @@ async fn local_bad_inputs_each_get_their_message_and_nothing_stops() {
     let link = h.path("passwd");
     std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
     h.changed(vec![link.clone()], ChangeOrigin::Save);
-    let p = problems_until(&mut h, &link, |p| !p.is_empty()).await;
+    let p = h.problems_until(&link, |p| !p.is_empty()).await;
     assert_eq!(
         p[0].message,
         "not synced: symlink to `/etc/passwd` points outside the mapping"
@@ -421,7 +407,7 @@ async fn invalid_and_unreadable_config_files_are_problems_on_the_file() {
         },
     );
     let config: PathBuf = h.workspace.join("podloop.toml");
-    let p = problems_until(&mut h, &config, |p| !p.is_empty()).await;
+    let p = h.problems_until(&config, |p| !p.is_empty()).await;
     assert_eq!(p[0].line, 2, "{p:?}");
     assert_eq!(
         p[0].message,
@@ -430,22 +416,24 @@ async fn invalid_and_unreadable_config_files_are_problems_on_the_file() {
 
     std::fs::write(&config, "namespace = \"dev\"\n[[sync]\n").unwrap();
     h.engine.send(Input::ConfigChanged(config.clone()));
-    let p = problems_until(&mut h, &config, |p| {
-        p.first()
-            .is_some_and(|p| p.message.contains("invalid TOML"))
-    })
-    .await;
+    let p = h
+        .problems_until(&config, |p| {
+            p.first()
+                .is_some_and(|p| p.message.contains("invalid TOML"))
+        })
+        .await;
     assert_eq!(p[0].line, 1);
 
     // Unreadable (root reads any mode, so make it a folder).
     std::fs::remove_file(&config).unwrap();
     std::fs::create_dir(&config).unwrap();
     h.engine.send(Input::ConfigChanged(config.clone()));
-    let p = problems_until(&mut h, &config, |p| {
-        p.first()
-            .is_some_and(|p| p.message.starts_with("cannot read the config file"))
-    })
-    .await;
+    let p = h
+        .problems_until(&config, |p| {
+            p.first()
+                .is_some_and(|p| p.message.starts_with("cannot read the config file"))
+        })
+        .await;
     assert_eq!(p[0].severity, Level::Error);
     let s = h.status().await;
     assert_eq!(s.health, Health::Error);

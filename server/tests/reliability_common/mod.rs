@@ -191,6 +191,21 @@ impl EngineSim {
         }
     }
 
+    /// Waits for problems on `path` that satisfy `accept`.
+    pub async fn problems_until(
+        &mut self,
+        path: &Path,
+        accept: impl Fn(&[Problem]) -> bool,
+    ) -> Vec<Problem> {
+        let out = self
+            .until(|o| matches!(o, Output::FileProblems { path: p, problems } if p == path && accept(problems)))
+            .await;
+        match out {
+            Output::FileProblems { problems, .. } => problems,
+            _ => unreachable!(),
+        }
+    }
+
     pub fn problems_for(&self, path: &Path) -> Option<Vec<Problem>> {
         self.seen.iter().rev().find_map(|o| match o {
             Output::FileProblems { path: p, problems } if p == path => Some(problems.clone()),
