@@ -5,9 +5,8 @@
 
 mod common;
 
-use common::{file_uri, write_file, TestServer};
+use common::{file_uri, kube_starter, write_file, TestServer};
 use kubesim::{Image, PodTemplate, Sim, SimOptions};
-use podloop::convert::kube::{KubeCluster, KubeOptions};
 use serde_json::{json, Value};
 
 const CONFIG: &str = r#"namespace = "default"
@@ -38,19 +37,9 @@ async fn a_conflict_diagnostic_offers_a_quick_fix_that_overwrites_the_pods_copy(
     .unwrap();
     let workspace = tempfile::tempdir().unwrap();
     std::fs::write(workspace.path().join("podloop.toml"), CONFIG).unwrap();
-    let kubeconfig = sim.kubeconfig_path();
     let server = TestServer::builder()
         .workspace(workspace.path())
-        .engine(Box::new(move |options| {
-            Box::pin(async move {
-                let cluster = KubeCluster::new(KubeOptions {
-                    kubeconfig: Some(kubeconfig),
-                    context: None,
-                })
-                .map_err(|error| error.to_string())?;
-                Ok(podloop::engine::start(cluster, options))
-            })
-        }))
+        .engine(kube_starter(&sim))
         .build()
         .await;
     let capabilities = &server.initialize_result()["capabilities"];

@@ -1137,3 +1137,54 @@ async fn a_full_disk_applies_nothing_and_says_so() {
         assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), big);
     }
 }
+
+/// Sets a path's mtime `minutes` ago (the tests run as root: `touch -d`).
+fn age(path: &Path, minutes: u32) {
+    let status = Command::new("touch")
+        .args(["-h", "-d", &format!("{minutes} minutes ago")])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn the_manifest_hides_a_cut_batchs_leftovers_and_sweeps_old_ones() {
+    for shell in [Shell::Host, Shell::Busybox] {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("root");
+        std::fs::create_dir_all(root.join("deep/er")).unwrap();
+        std::fs::write(root.join("real.txt"), b"kept").unwrap();
+        // A user's file that merely looks like podloop's: listed, never removed.
+        std::fs::write(root.join(".podloop-notes"), b"mine").unwrap();
+        age(&root.join(".podloop-notes"), 60);
+        // A killed session's temporary and a cut batch's staging folder,
+        // old: swept. A fresh one may belong to a batch in flight: kept.
+        let old_tmp = root.join("deep/er/.podloop-0123456789abcdef");
+        std::fs::write(&old_tmp, b"half").unwrap();
+        age(&old_tmp, 20);
+        let old_stage = root.join(".podloop-stage-00112233445566ff");
+        std::fs::create_dir_all(old_stage.join("f")).unwrap();
+        std::fs::write(old_stage.join("f/x"), b"x").unwrap();
+        age(&old_stage, 20);
+        let fresh_tmp = root.join(".podloop-fedcba9876543210");
+        std::fs::write(&fresh_tmp, b"in flight").unwrap();
+
+        let argv = manifest_argv(root.to_str().unwrap());
+        let (code, stdout, stderr) = run(shell, scratch.path(), &argv, b"", &[]);
+        assert_eq!(code, 0, "{shell:?}: {}", String::from_utf8_lossy(&stderr));
+        let ManifestOutput::Files(files) = remote::parse_manifest_output(&stdout).unwrap() else {
+            panic!("{shell:?}: expected files");
+        };
+        let mut listed: Vec<Vec<u8>> = files.into_iter().map(|f| f.path).collect();
+        listed.sort();
+        assert_eq!(
+            listed,
+            [b".podloop-notes".to_vec(), b"real.txt".to_vec()],
+            "{shell:?}"
+        );
+        assert!(!old_tmp.exists() && !old_stage.exists(), "{shell:?}");
+        assert!(fresh_tmp.exists(), "{shell:?}");
+        assert_eq!(std::fs::read(root.join(".podloop-notes")).unwrap(), b"mine");
+    }
+}
