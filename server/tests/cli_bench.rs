@@ -121,6 +121,11 @@ fn quick_bench_reports_every_scenario_with_coherent_numbers() {
     // trip, and the warm session means no new exec per save.
     let remote = &scenarios["remote"];
     assert!(figure(remote, "p50") >= figure(remote, "RTT"), "{remote:#}");
+    // The probe's echo crosses the same proxy: never faster than nominal,
+    // and a save never beats the link's real round trip either.
+    let measured = figure(remote, "RTT measured through the proxy");
+    assert!(measured >= figure(remote, "RTT"), "{remote:#}");
+    assert!(figure(remote, "p50") >= measured, "{remote:#}");
     assert_eq!(figure(remote, "new exec connections per save"), 0.0);
 
     let big = &scenarios["big_file"];
