@@ -113,8 +113,9 @@ pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) ->
     let target = req.target.clone();
     let force_reload = req.force_reload;
     // Hashing files is blocking disk work: keep it off the async workers,
-    // unless it is a few saved files (a folder may hold thousands), where the hop to the blocking pool (two
-    // thread wake-ups per target) costs more than the reads themselves.
+    // unless it is a few saved files (a folder may hold thousands): then the
+    // hop to the blocking pool (two thread wake-ups per target) costs more
+    // than the reads themselves.
     let small = kind == BatchKind::Changes
         && req.paths.len() <= INLINE_PLAN_PATHS
         && req
@@ -188,8 +189,8 @@ pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) ->
     outcome
 }
 
-/// "what podloop wrote, what the container has, what is local", as the
-/// manifest check says it.
+/// "what podloop wrote, what the container has, what is local": one text for
+/// a conflict found by a manifest or by the container while delivering.
 fn conflict_detail(m: &Mapping, change: &RemoteChange, size: u64, expected: &Expected) -> String {
     let path = m.remote_display(&change.path);
     let wrote = match &expected.held {
@@ -389,15 +390,18 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                 {
                     if remote.sha256 != *ours && remote.sha256 != sha256 {
                         let skipped = m.on_conflict == OnConflict::Skip;
-                        let detail = format!(
-                            "{} changed in the container since podloop wrote it (podloop wrote sha256 {}, container has {} bytes sha256 {}, local is {} bytes sha256 {})",
-                            m.remote_display(&rel),
-                            short(ours),
-                            remote.size,
-                            short(&remote.sha256),
-                            size,
-                            short(&sha256)
-                        );
+                        let change = RemoteChange {
+                            path: rel.clone(),
+                            now: RemoteHolds::File(remote.sha256),
+                            size: Some(remote.size),
+                            skipped,
+                        };
+                        let expected = Expected {
+                            held: Some(*ours),
+                            new: sha256,
+                            skip_if_changed: skipped,
+                        };
+                        let detail = conflict_detail(m, &change, size, &expected);
                         p.notes
                             .push((rel.clone(), Note::Conflict { skipped, detail }));
                         if skipped {
