@@ -1356,6 +1356,7 @@ impl<C: Cluster> MainLoop<C> {
                         Some(why) => failed_paths.push((rel.clone(), (*why).clone())),
                         None => {
                             record_held(&mut t.held, rel, held);
+                            t.overwrite.remove(rel);
                             succeeded.push(rel.clone());
                         }
                     }
