@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kubesim::{Image, PodTemplate};
-use podloop::engine::{ChangeOrigin, Problem, Status, TargetState};
+use podloop::engine::{ChangeOrigin, EngineState, Health, Problem, Status, TargetState};
 use reliability_common::{api_pod, EngineSim, DEADLINE};
 
 const VOLUME: &str = "/data";
@@ -167,6 +167,10 @@ async fn one_file_that_does_not_fit_keeps_the_old_copy_and_lands_once_space_is_f
         error.to_lowercase().contains("no space left"),
         "the target's error: {error}"
     );
+    // The pod answered: it is full, not unreachable.
+    assert_ne!(status.state, EngineState::Disconnected, "{status:?}");
+    assert_eq!(status.health, Health::Error, "{status:?}");
+    assert!(status.message.contains("no space left"), "{status:?}");
     assert_eq!(
         in_pod(&h, "big.txt").as_deref(),
         Some(&old[..]),

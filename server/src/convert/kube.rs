@@ -114,6 +114,7 @@ pub fn cluster_error(error: TransportError) -> ClusterError {
             conflicts: remote_changes(conflicts),
         },
         e @ TransportError::LocalChanged { .. } => ClusterError::LocalChanged(e.to_string()),
+        e @ TransportError::NoSpace { .. } => ClusterError::Blocked(e.to_string()),
         e if e.is_transient() => ClusterError::Transient(e.to_string()),
         e => ClusterError::Permanent(e.to_string()),
     }

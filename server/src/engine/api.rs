@@ -379,6 +379,11 @@ pub enum ClusterError {
     /// cut mid-batch, no status frame.
     #[error("{0}")]
     Transient(String),
+    /// The cluster answered, but the container cannot take the batch yet
+    /// (its disk is full): retried with backoff like `Transient`, and the
+    /// status says what blocks it rather than `disconnected`.
+    #[error("{0}")]
+    Blocked(String),
     /// Will not get better by retrying the same thing (403, missing tar,
     /// permission denied, no such container): report and wait for a change.
     #[error("{0}")]

@@ -115,6 +115,8 @@ struct Retry {
     at: Instant,
     at_wall: SystemTime,
     reason: String,
+    /// The container answered (`ClusterError::Blocked`): not `disconnected`.
+    reachable: bool,
 }
 
 struct InFlight {
@@ -1376,7 +1378,7 @@ impl<C: Cluster> MainLoop<C> {
                 self.wake_at(Instant::now() + LOCAL_WRITE_SETTLE);
                 return;
             }
-            Err(ClusterError::Transient(reason)) => {
+            Err(error @ (ClusterError::Transient(reason) | ClusterError::Blocked(reason))) => {
                 let attempt = t.retry.as_ref().map(|r| r.attempt + 1).unwrap_or(0);
                 let delay = backoff(attempt);
                 t.retry = Some(Retry {
@@ -1384,6 +1386,7 @@ impl<C: Cluster> MainLoop<C> {
                     at: Instant::now() + delay,
                     at_wall: SystemTime::now() + delay,
                     reason: reason.clone(),
+                    reachable: matches!(error, ClusterError::Blocked(_)),
                 });
                 t.error = Some(reason.clone());
                 t.requeue(&mut inflight);
@@ -1684,7 +1687,17 @@ impl<C: Cluster> MainLoop<C> {
                     in_flight = true;
                 }
                 if let Some(r) = &t.retry {
-                    if retrying.is_none_or(|cur| r.at < cur.at) {
+                    if r.reachable {
+                        // The countdown stays in the target's `error`: a
+                        // message that changed every millisecond would be
+                        // a new status at every event.
+                        errors.push(format!(
+                            "{} → {}: {}; retrying",
+                            m.info.name,
+                            key.describe(),
+                            r.reason
+                        ));
+                    } else if retrying.is_none_or(|cur| r.at < cur.at) {
                         retrying = Some(r);
                     }
                 }
