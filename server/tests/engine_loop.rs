@@ -173,43 +173,40 @@ impl Cluster for Fake {
         for entry in &batch.entries {
             let path = entry.path.as_bytes().to_vec();
             let name = String::from_utf8_lossy(&path).into_owned();
-            match &entry.op {
-                Op::Put {
-                    local,
-                    mode,
-                    expect,
-                    ..
-                } => {
-                    // What the container script does: compare what is there
-                    // with what podloop last wrote, before replacing it.
-                    if let Some(expected) = expect {
-                        let now = match files.get(&path) {
-                            Some(Remote::File(content, _)) => {
-                                RemoteHolds::File(Sha256::digest(content).into())
-                            }
-                            Some(Remote::Link(_)) => RemoteHolds::NotAFile,
-                            None => RemoteHolds::Absent,
-                        };
-                        let held = match expected.held {
-                            Some(sha) => RemoteHolds::File(sha),
-                            None => RemoteHolds::Absent,
-                        };
-                        if now != held && now != RemoteHolds::File(expected.new) {
-                            let size = match files.get(&path) {
-                                Some(Remote::File(content, _)) => Some(content.len() as u64),
-                                _ => None,
-                            };
-                            conflicts.push(RemoteChange {
-                                path: entry.path.clone(),
-                                now,
-                                size,
-                                skipped: expected.skip_if_changed,
-                            });
-                            if expected.skip_if_changed {
-                                continue;
-                            }
-                        }
+            // What the container script does: compare what is there with
+            // what podloop last wrote, before replacing or deleting it.
+            let expect = match &entry.op {
+                Op::Put { expect, .. } | Op::Delete { expect } => *expect,
+                Op::Symlink { .. } => None,
+            };
+            if let Some(expected) = expect {
+                let now = match files.get(&path) {
+                    Some(Remote::File(content, _)) => {
+                        RemoteHolds::File(Sha256::digest(content).into())
                     }
+                    Some(Remote::Link(_)) => RemoteHolds::NotAFile,
+                    None => RemoteHolds::Absent,
+                };
+                let state =
+                    |sha: Option<[u8; 32]>| sha.map_or(RemoteHolds::Absent, RemoteHolds::File);
+                if now != state(expected.held) && now != state(expected.new) {
+                    let size = match files.get(&path) {
+                        Some(Remote::File(content, _)) => Some(content.len() as u64),
+                        _ => None,
+                    };
+                    conflicts.push(RemoteChange {
+                        path: entry.path.clone(),
+                        now,
+                        size,
+                        skipped: expected.skip_if_changed,
+                    });
+                    if expected.skip_if_changed {
+                        continue;
+                    }
+                }
+            }
+            match &entry.op {
+                Op::Put { local, mode, .. } => {
                     let content = std::fs::read(local).map_err(|e| {
                         ClusterError::Permanent(format!("cannot read {}: {e}", local.display()))
                     })?;
@@ -221,7 +218,7 @@ impl Cluster for Fake {
                     recorded.entries.push((name, None));
                     files.insert(path, Remote::Link(target.clone()));
                 }
-                Op::Delete => {
+                Op::Delete { .. } => {
                     recorded.entries.push((name, None));
                     files.retain(|p, _| {
                         !(p == &path || (p.starts_with(&path) && p.get(path.len()) == Some(&b'/')))
@@ -872,6 +869,33 @@ async fn an_ordinary_save_checks_what_it_replaces_and_skip_keeps_the_pods_copy()
     h.quiescent().await;
     assert_eq!(content(h.fake.file("p1", "a.txt")), "edited in a shell");
     assert_eq!(content(h.fake.file("p2", "a.txt")), "ours v3");
+}
+
+#[tokio::test]
+async fn a_local_delete_of_a_file_changed_in_the_pod_is_reported_and_skip_keeps_it() {
+    let config = CONFIG.replace("reload = \"kill -HUP 1\"", "on_conflict = \"skip\"");
+    let mut h = Harness::with_config(&["p1", "p2"], &config, false).await;
+    h.save("a.txt", "ours");
+    h.quiescent().await;
+    h.fake.put_remote("p1", "a.txt", b"edited in a shell");
+    std::fs::remove_file(h.path("a.txt")).unwrap();
+    h.changed(vec![h.path("a.txt")], ChangeOrigin::Watcher);
+    h.quiescent().await;
+    h.drain();
+    let problems = h.problems_for(&h.path("a.txt")).unwrap();
+    assert!(
+        problems[0].message.contains("conflict in default/p1")
+            && problems[0].message.contains("deleted locally")
+            && problems[0]
+                .message
+                .ends_with("not overwritten (on_conflict = \"skip\")"),
+        "{problems:?}"
+    );
+    assert_eq!(content(h.fake.file("p1", "a.txt")), "edited in a shell");
+    assert!(
+        h.fake.file("p2", "a.txt").is_none(),
+        "the unchanged copy goes"
+    );
 }
 
 #[tokio::test]

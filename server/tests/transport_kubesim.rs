@@ -135,7 +135,7 @@ impl<'a> BatchBuilder<'a> {
     fn delete(&mut self, path: &[u8]) -> &mut Self {
         self.entries.push(Entry {
             path: rel(path),
-            op: Op::Delete,
+            op: Op::Delete { expect: None },
         });
         self
     }

@@ -129,6 +129,19 @@ impl Local {
             },
         });
     }
+    /// A delete of a file podloop wrote as `held`, checked first.
+    fn delete_checked(&mut self, rel: &[u8], held: &[u8], skip: bool) {
+        self.entries.push(UploadEntry {
+            path: rel.to_vec(),
+            op: UploadOp::Delete {
+                expect: Some(payload::Expect {
+                    held: Some(sha256(held)),
+                    new: None,
+                    skip_if_changed: skip,
+                }),
+            },
+        });
+    }
     /// A 0644 file whose container copy is checked against `held` first.
     fn put_checked(&mut self, rel: &[u8], content: &[u8], held: Option<&[u8]>, skip: bool) {
         self.put(rel, content, false);
@@ -151,7 +164,7 @@ impl Local {
     fn delete(&mut self, rel: &[u8]) {
         self.entries.push(UploadEntry {
             path: rel.to_vec(),
-            op: UploadOp::Delete,
+            op: UploadOp::Delete { expect: None },
         });
     }
 }
@@ -165,7 +178,7 @@ fn sha256(content: &[u8]) -> [u8; 32] {
 fn expectation(content: &[u8], held: Option<&[u8]>, skip: bool) -> payload::Expect {
     payload::Expect {
         held: held.map(sha256),
-        new: sha256(content),
+        new: Some(sha256(content)),
         skip_if_changed: skip,
     }
 }
@@ -1186,5 +1199,64 @@ fn the_manifest_hides_a_cut_batchs_leftovers_and_sweeps_old_ones() {
         assert!(!old_tmp.exists() && !old_stage.exists(), "{shell:?}");
         assert!(fresh_tmp.exists(), "{shell:?}");
         assert_eq!(std::fs::read(root.join(".podloop-notes")).unwrap(), b"mine");
+    }
+}
+
+#[tokio::test]
+async fn a_delete_checks_the_file_it_removes_and_skip_keeps_a_changed_one() {
+    for (shell, skip) in [
+        (Shell::Host, true),
+        (Shell::Busybox, true),
+        (Shell::Host, false),
+        (Shell::Busybox, false),
+    ] {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("app");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("untouched.rs"), b"ours").unwrap();
+        std::fs::write(root.join("sub/edited it's.rs"), b"theirs").unwrap();
+        let mut session = SessionShell::start(shell, scratch.path(), None);
+        let mut local = Local::new(scratch.path());
+        local.delete_checked(b"untouched.rs", b"ours", skip);
+        local.delete_checked(b"sub/edited it's.rs", b"ours", skip);
+        local.delete_checked(b"already gone.rs", b"ours", skip);
+        local.put(b"other.rs", b"new", false);
+        let out = session.batch(&root, &local.entries, "").await;
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(
+            report.complete && report.failed.is_empty(),
+            "{shell:?}: {report:?}"
+        );
+        let found: Vec<(Vec<u8>, remote::RemoteState, bool)> = if skip {
+            report
+                .conflicts
+                .iter()
+                .map(|c| (c.path.clone(), c.now, c.skipped))
+                .collect()
+        } else {
+            let checks = payload::plan(&local.entries).unwrap().checks;
+            remote::conflicts_from_hashes(&checks, report.hashes.as_deref().unwrap())
+                .into_iter()
+                .map(|c| (c.path, c.now, c.skipped))
+                .collect()
+        };
+        // Gone already is what a delete wants: no conflict.
+        assert_eq!(
+            found,
+            [(
+                b"sub/edited it's.rs".to_vec(),
+                remote::RemoteState::File(sha256(b"theirs")),
+                skip
+            )],
+            "{shell:?}"
+        );
+        assert!(!root.join("untouched.rs").exists(), "{shell:?}");
+        assert_eq!(
+            root.join("sub/edited it's.rs").exists(),
+            skip,
+            "{shell:?}: skip keeps the changed file, overwrite deletes it"
+        );
+        assert_eq!(std::fs::read(root.join("other.rs")).unwrap(), b"new");
+        assert!(staging_folders(&root).is_empty());
     }
 }

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::engine::{
-    Batch, Cluster, ClusterError, Delivery, Entry, Manifest, ManifestEntry, Op, PodSelector,
-    RelPath, ReloadOutcome, RemoteChange, RemoteHolds, Target, TargetList, TargetSpec,
+    Batch, Cluster, ClusterError, Delivery, Entry, Expected, Manifest, ManifestEntry, Op,
+    PodSelector, RelPath, ReloadOutcome, RemoteChange, RemoteHolds, Target, TargetList, TargetSpec,
 };
 use crate::transport::payload::{check_relative, Expect};
 use crate::transport::remote::{RemoteConflict, RemoteState};
@@ -184,6 +184,14 @@ fn remote_changes(conflicts: Vec<RemoteConflict>) -> Vec<RemoteChange> {
         .collect()
 }
 
+fn expectation(e: Expected) -> Expect {
+    Expect {
+        held: e.held,
+        new: e.new,
+        skip_if_changed: e.skip_if_changed,
+    }
+}
+
 fn upload_entry(entry: Entry) -> UploadEntry {
     UploadEntry {
         path: entry.path.0,
@@ -196,14 +204,12 @@ fn upload_entry(entry: Entry) -> UploadEntry {
             } => UploadOp::Put {
                 local,
                 mode,
-                expect: expect.map(|e| Expect {
-                    held: e.held,
-                    new: e.new,
-                    skip_if_changed: e.skip_if_changed,
-                }),
+                expect: expect.map(expectation),
             },
             Op::Symlink { target } => UploadOp::Symlink { target },
-            Op::Delete => UploadOp::Delete,
+            Op::Delete { expect } => UploadOp::Delete {
+                expect: expect.map(expectation),
+            },
         },
     }
 }

@@ -288,19 +288,23 @@ pub enum Op {
     Symlink {
         target: Vec<u8>,
     },
-    /// Remove a file or a whole folder.
-    Delete,
+    /// Remove a file or a whole folder. `expect` as for `Put`: a file the
+    /// container changed since podloop wrote it is a conflict too.
+    Delete {
+        expect: Option<Expected>,
+    },
 }
 
-/// What the engine believes a target holds at a path a `Put` replaces.
+/// What the engine believes a target holds at a path a `Put` replaces or a
+/// `Delete` removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expected {
     /// The sha256 podloop last wrote (or a manifest showed); `None`: the
     /// path should not exist.
     pub held: Option<[u8; 32]>,
-    /// The sha256 of the content being sent: a target that already holds it
-    /// has no conflict.
-    pub new: [u8; 32],
+    /// The sha256 of the content being sent (`None`: the path is being
+    /// deleted): a target that already holds it has no conflict.
+    pub new: Option<[u8; 32]>,
     /// `on_conflict = "skip"`: leave a changed file as the container has it.
     pub skip_if_changed: bool,
 }

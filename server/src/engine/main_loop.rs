@@ -1526,7 +1526,7 @@ impl<C: Cluster> MainLoop<C> {
         }
 
         // One log line per batch.
-        let sent = outcome.sent.len() - outcome.deletes;
+        let sent = outcome.sent.len().saturating_sub(outcome.deletes);
         let line = match (&outcome.kind, &report_failure) {
             (BatchKind::Check, _) => format!(
                 "{} → {pod}: checked in {ms} ms, {} differences",

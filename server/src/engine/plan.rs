@@ -142,7 +142,11 @@ pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) ->
     outcome.notes = plan.notes;
     outcome.drift = plan.drift;
     outcome.bytes = plan.bytes;
-    outcome.deletes = plan.entries.iter().filter(|e| e.op == Op::Delete).count();
+    outcome.deletes = plan
+        .entries
+        .iter()
+        .filter(|e| matches!(e.op, Op::Delete { .. }))
+        .count();
     let run_reload = force_reload || !plan.entries.is_empty();
     if kind == BatchKind::Check || !run_reload {
         outcome.elapsed = started.elapsed();
@@ -153,7 +157,8 @@ pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) ->
         .iter()
         .filter_map(|e| match &e.op {
             Op::Put { size, expect, .. } => Some((e.path.clone(), (*size, *expect))),
-            _ => None,
+            Op::Delete { expect } => Some((e.path.clone(), (0, *expect))),
+            Op::Symlink { .. } => None,
         })
         .collect();
     let batch = Batch {
@@ -175,6 +180,9 @@ pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) ->
             // The target keeps its own copy: podloop's record stays what it
             // wrote, so the next save is checked (and skipped) again.
             outcome.sent.retain(|(rel, _)| *rel != change.path);
+            if expected.new.is_none() {
+                outcome.deletes = outcome.deletes.saturating_sub(1);
+            }
         }
         let detail = conflict_detail(&mapping, change, *size, expected);
         outcome.notes.push((
@@ -205,10 +213,11 @@ fn conflict_detail(m: &Mapping, change: &RemoteChange, size: u64, expected: &Exp
         (RemoteHolds::Absent, _) => "container no longer has it".into(),
         (RemoteHolds::NotAFile, _) => "container has something other than a file there".into(),
     };
-    format!(
-        "{path} changed in the container since podloop wrote it ({wrote}, {now}, local is {size} bytes sha256 {})",
-        short(&expected.new)
-    )
+    let local = match &expected.new {
+        Some(sha) => format!("local is {size} bytes sha256 {}", short(sha)),
+        None => "deleted locally".into(),
+    };
+    format!("{path} changed in the container since podloop wrote it ({wrote}, {now}, {local})")
 }
 
 struct Plan {
@@ -308,9 +317,23 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                     }
                     continue;
                 }
+                // A file podloop wrote, gone locally: the container checks
+                // it was not changed there before removing it.
+                let expect = match (manifest, req.held.get(&rel)) {
+                    (None, Some(Held::File { sha256: ours, .. }))
+                        if !req.overwrite.contains(&rel) =>
+                    {
+                        Some(Expected {
+                            held: Some(*ours),
+                            new: None,
+                            skip_if_changed: m.on_conflict == OnConflict::Skip,
+                        })
+                    }
+                    _ => None,
+                };
                 p.entries.push(Entry {
                     path: rel.clone(),
-                    op: Op::Delete,
+                    op: Op::Delete { expect },
                 });
                 p.after.push((rel, Held::Absent));
             }
@@ -398,7 +421,7 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                         };
                         let expected = Expected {
                             held: Some(*ours),
-                            new: sha256,
+                            new: Some(sha256),
                             skip_if_changed: skipped,
                         };
                         let detail = conflict_detail(m, &change, size, &expected);
@@ -419,7 +442,7 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                 }
                 .map(|held| Expected {
                     held,
-                    new: sha256,
+                    new: Some(sha256),
                     skip_if_changed: m.on_conflict == OnConflict::Skip,
                 });
                 p.bytes += size;
@@ -457,7 +480,12 @@ fn plan_remote_deletes(req: &BatchRequest, manifest: &Manifest, p: &mut Plan) {
         .chain(p.notes.iter().map(|(r, _)| r))
         .collect();
     let mut deletes: BTreeSet<RelPath> = BTreeSet::new();
-    for rel in manifest.files.keys() {
+    // Files the container changed since podloop wrote them and `skip`
+    // keeps: neither they nor a folder holding them are deleted.
+    let mut kept: BTreeSet<&RelPath> = BTreeSet::new();
+    let mut conflicts = Vec::new();
+    let mut missing: Vec<&RelPath> = Vec::new();
+    for (rel, remote) in &manifest.files {
         if present.contains(rel) || m.is_excluded(rel, false) || m.through_symlink(rel) {
             continue;
         }
@@ -467,6 +495,33 @@ fn plan_remote_deletes(req: &BatchRequest, manifest: &Manifest, p: &mut Plan) {
             // file): leave the container's copy alone.
             _ => continue,
         }
+        if let (Some(Held::File { sha256: ours, .. }), BatchKind::FullSync, false) =
+            (req.held.get(rel), req.kind, req.overwrite.contains(rel))
+        {
+            if remote.sha256 != *ours {
+                let skipped = m.on_conflict == OnConflict::Skip;
+                let change = RemoteChange {
+                    path: rel.clone(),
+                    now: RemoteHolds::File(remote.sha256),
+                    size: Some(remote.size),
+                    skipped,
+                };
+                let expected = Expected {
+                    held: Some(*ours),
+                    new: None,
+                    skip_if_changed: skipped,
+                };
+                let detail = conflict_detail(m, &change, 0, &expected);
+                conflicts.push((rel.clone(), Note::Conflict { skipped, detail }));
+                if skipped {
+                    kept.insert(rel);
+                    continue;
+                }
+            }
+        }
+        missing.push(rel);
+    }
+    for rel in missing {
         let collapsed = rel
             .ancestors()
             .find(|a| {
@@ -476,11 +531,12 @@ fn plan_remote_deletes(req: &BatchRequest, manifest: &Manifest, p: &mut Plan) {
                         .files
                         .keys()
                         .filter(|f| f.is_within(a))
-                        .all(|f| !m.is_excluded(f, false))
+                        .all(|f| !m.is_excluded(f, false) && !kept.contains(f))
             })
             .unwrap_or_else(|| rel.clone());
         deletes.insert(collapsed);
     }
+    p.notes.extend(conflicts);
     let chosen: Vec<RelPath> = deletes.iter().cloned().collect();
     for rel in chosen {
         if rel.ancestors().any(|a| deletes.contains(&a)) {
@@ -495,7 +551,7 @@ fn plan_remote_deletes(req: &BatchRequest, manifest: &Manifest, p: &mut Plan) {
         }
         p.entries.push(Entry {
             path: rel.clone(),
-            op: Op::Delete,
+            op: Op::Delete { expect: None },
         });
         p.after.push((rel, Held::Absent));
     }

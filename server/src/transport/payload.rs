@@ -22,7 +22,10 @@ pub enum UploadOp {
     Symlink {
         target: Vec<u8>,
     },
-    Delete,
+    /// `expect`: a file podloop wrote; checked like a `Put`'s.
+    Delete {
+        expect: Option<Expect>,
+    },
 }
 
 /// What podloop believes the container holds at a path it is about to
@@ -32,9 +35,9 @@ pub enum UploadOp {
 pub struct Expect {
     /// The sha256 podloop last wrote there; `None`: nothing should be there.
     pub held: Option<[u8; 32]>,
-    /// The sha256 about to be written: a container that already holds it
-    /// has no conflict.
-    pub new: [u8; 32],
+    /// The sha256 about to be written (`None`: the path is being deleted):
+    /// a container that already holds it has no conflict.
+    pub new: Option<[u8; 32]>,
     pub skip_if_changed: bool,
 }
 
@@ -165,12 +168,27 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
         nonce: format!("{:016x}", rand::random::<u64>()),
         ..Payload::default()
     };
+    // Under `on_conflict = "skip"` the container's `v` loop deletes the
+    // files it checks itself (it may have to keep one); otherwise deletes go
+    // in the list `l` and are only reported.
+    let skip_mode = entries.iter().any(|e| match &e.op {
+        UploadOp::Put { expect, .. } | UploadOp::Delete { expect } => {
+            expect.is_some_and(|x| x.skip_if_changed)
+        }
+        UploadOp::Symlink { .. } => false,
+    });
     let mut deletes: Vec<&[u8]> = Vec::new();
     for entry in entries {
         check_relative(&entry.path)?;
-        if entry.op == UploadOp::Delete {
-            deletes.push(&entry.path);
+        if let UploadOp::Delete { expect } = &entry.op {
             payload.deletes += 1;
+            if let Some(expect) = expect {
+                payload.checks.push((entry.path.clone(), *expect));
+                if skip_mode {
+                    continue;
+                }
+            }
+            deletes.push(&entry.path);
         }
     }
     let mut members = Vec::new();
@@ -183,7 +201,7 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
     for entry in entries {
         let name = member(&[&b"f/"[..], &entry.path].concat());
         match &entry.op {
-            UploadOp::Delete => continue,
+            UploadOp::Delete { .. } => continue,
             UploadOp::Symlink { target } => {
                 members.push(Piece::Bytes(tarstream::member_header(
                     &name,

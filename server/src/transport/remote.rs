@@ -141,9 +141,10 @@ return 0
 ///   with one `mv -t` (DIR is `''` for the root itself).
 ///
 /// Lines of `v` (`on_conflict = "skip"`): `OLD NEW SKIP 'PATH'` (see
-/// `changed`). One `sha256sum` hashes every regular file among them; a file
-/// whose check fails with SKIP = 1 loses its staged copy, so the `mv`
-/// leaves the container's. `n` instead (the default, overwrite): the names,
+/// `changed`; NEW `-` for a file deleted locally). One `sha256sum` hashes
+/// every regular file among them; a file whose check fails with SKIP = 1
+/// loses its staged copy, so the `mv` leaves the container's, and a checked
+/// delete is done here (not in `l`) unless it failed its check. `n` instead (the default, overwrite): the names,
 /// NUL-separated; their `sha256sum` lines go back in an `H` record and
 /// podloop compares them itself.
 ///
@@ -236,7 +237,12 @@ while IFS=' ' read -r old new skip word <&4; do
   esac
   hashed=${hashed#?}
   if changed "$p" "$p" "$old" "$new" "$skip" && [ "$skip" = 1 ]; then
-    rm -f -- "$stage/f/$p"
+    [ "$new" = - ] || rm -f -- "$stage/f/$p"
+  elif [ "$new" = - ]; then
+    # A checked delete (skip mode): done here, not in `l`, so a changed
+    # file can be kept.
+    case $p in */*) if link_in "$root" "${p%/*}"; then link_refusal "$p"; continue; fi ;; esac
+    e=$(rm -rf -- "$p" 2>&1) || printf 'F\0%s\0%s\0' "$p" "$e"
   fi
 done
 known=0
@@ -392,12 +398,11 @@ pub fn expect_words(expect: Option<&Expect>) -> Vec<u8> {
                 Some(sha) => hex::encode(sha),
                 None => "-".into(),
             };
-            format!(
-                "{old} {} {}",
-                hex::encode(e.new),
-                u8::from(e.skip_if_changed)
-            )
-            .into_bytes()
+            let new = match &e.new {
+                Some(sha) => hex::encode(sha),
+                None => "-".into(),
+            };
+            format!("{old} {new} {}", u8::from(e.skip_if_changed)).into_bytes()
         }
     }
 }
@@ -638,11 +643,8 @@ pub fn conflicts_from_hashes(checks: &[(Vec<u8>, Expect)], hashes: &[u8]) -> Vec
             Ok(sha) => RemoteState::File(sha),
             Err(_) => RemoteState::Absent,
         };
-        let held = match expect.held {
-            Some(sha) => RemoteState::File(sha),
-            None => RemoteState::Absent,
-        };
-        if now != held && now != RemoteState::File(expect.new) {
+        let state = |sha: Option<[u8; 32]>| sha.map_or(RemoteState::Absent, RemoteState::File);
+        if now != state(expect.held) && now != state(expect.new) {
             found.push(RemoteConflict {
                 path: path.clone(),
                 now,

@@ -197,7 +197,7 @@ impl Cluster for FakeCluster {
             .find(|pod| pod.name == target.pod)
             .ok_or_else(|| ClusterError::Transient(format!("pod `{}` is gone", target.pod)))?;
         for entry in &batch.entries {
-            if entry.op == Op::Delete {
+            if matches!(entry.op, Op::Delete { .. }) {
                 let gone = join_remote(&batch.remote_root, &entry.path);
                 let mut under = gone.clone();
                 under.push(b'/');
