@@ -899,6 +899,31 @@ async fn a_local_delete_of_a_file_changed_in_the_pod_is_reported_and_skip_keeps_
 }
 
 #[tokio::test]
+async fn sync_all_never_deletes_a_file_the_pod_changed_under_skip() {
+    let config = CONFIG.replace("reload = \"kill -HUP 1\"", "on_conflict = \"skip\"");
+    let mut h = Harness::with_config(&["p1"], &config, false).await;
+    h.save("dir/a.txt", "ours");
+    h.save("dir/b.txt", "ours");
+    h.quiescent().await;
+    h.fake.put_remote("p1", "dir/a.txt", b"edited in a shell");
+    // Gone locally with no event: only the sync-all's manifest sees it.
+    std::fs::remove_dir_all(h.path("dir")).unwrap();
+    sync_all(&mut h, false).await;
+    h.drain();
+    let problems = h.problems_for(&h.path("dir/a.txt")).unwrap();
+    assert!(
+        problems[0].message.contains("deleted locally")
+            && problems[0]
+                .message
+                .ends_with("not overwritten (on_conflict = \"skip\")"),
+        "{problems:?}"
+    );
+    // Neither the file nor (by collapsing to `dir`) its folder went.
+    assert_eq!(content(h.fake.file("p1", "dir/a.txt")), "edited in a shell");
+    assert!(h.fake.file("p1", "dir/b.txt").is_none());
+}
+
+#[tokio::test]
 async fn file_above_max_size_is_skipped_with_a_warning() {
     let config = format!("max_file_size = 10\n{CONFIG}");
     let mut h = Harness::with_config(&["p1"], &config, false).await;
