@@ -856,6 +856,14 @@ fn one_saved_file_takes_the_fast_path_dd_and_mv_only() {
     assert!(!root.join("PWNED").exists());
 }
 
+/// Each shell, with `on_conflict = "skip"` (true) and `"overwrite"`.
+const EVERY_SHELL_AND_MODE: [(Shell, bool); 4] = [
+    (Shell::Host, true),
+    (Shell::Busybox, true),
+    (Shell::Host, false),
+    (Shell::Busybox, false),
+];
+
 fn conflicts(
     report: &remote::DeliverReport,
 ) -> Vec<(Vec<u8>, remote::RemoteState, Option<u64>, bool)> {
@@ -950,12 +958,7 @@ fn a_save_over_a_file_changed_in_the_container_is_reported_and_follows_on_confli
 
 #[tokio::test]
 async fn a_batch_checks_every_file_it_replaces_with_one_sha256sum() {
-    for (shell, skip) in [
-        (Shell::Host, true),
-        (Shell::Busybox, true),
-        (Shell::Host, false),
-        (Shell::Busybox, false),
-    ] {
+    for (shell, skip) in EVERY_SHELL_AND_MODE {
         let scratch = tempfile::tempdir().unwrap();
         let root = scratch.path().join("app");
         let names: [&[u8]; 5] = [
@@ -1204,12 +1207,7 @@ fn the_manifest_hides_a_cut_batchs_leftovers_and_sweeps_old_ones() {
 
 #[tokio::test]
 async fn a_delete_checks_the_file_it_removes_and_skip_keeps_a_changed_one() {
-    for (shell, skip) in [
-        (Shell::Host, true),
-        (Shell::Busybox, true),
-        (Shell::Host, false),
-        (Shell::Busybox, false),
-    ] {
+    for (shell, skip) in EVERY_SHELL_AND_MODE {
         let scratch = tempfile::tempdir().unwrap();
         let root = scratch.path().join("app");
         std::fs::create_dir_all(root.join("sub")).unwrap();

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::api::{
-    Batch, Cluster, ClusterError, Delivery, Entry, Expected, Manifest, Op, RelPath, RemoteChange,
-    RemoteHolds, Target,
+    Batch, Cluster, ClusterError, Delivery, Entry, Expected, Manifest, ManifestEntry, Op, RelPath,
+    RemoteChange, RemoteHolds, Target,
 };
 use super::config::OnConflict;
 use super::mapping::{link_escapes, LocalKind, Mapping};
@@ -195,6 +195,33 @@ pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) ->
     }
     outcome.elapsed = started.elapsed();
     outcome
+}
+
+/// A conflict a manifest shows: the container holds `remote` where podloop
+/// wrote `ours`; the local tree has `new` (`None`: it is gone locally).
+/// Returns whether `on_conflict` keeps the container's copy, and the note.
+fn manifest_conflict(
+    m: &Mapping,
+    rel: &RelPath,
+    remote: &ManifestEntry,
+    ours: [u8; 32],
+    new: Option<[u8; 32]>,
+    size: u64,
+) -> (bool, Note) {
+    let skipped = m.on_conflict == OnConflict::Skip;
+    let change = RemoteChange {
+        path: rel.clone(),
+        now: RemoteHolds::File(remote.sha256),
+        size: Some(remote.size),
+        skipped,
+    };
+    let expected = Expected {
+        held: Some(ours),
+        new,
+        skip_if_changed: skipped,
+    };
+    let detail = conflict_detail(m, &change, size, &expected);
+    (skipped, Note::Conflict { skipped, detail })
 }
 
 /// "what podloop wrote, what the container has, what is local": one text for
@@ -412,21 +439,9 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                     (remote, req.held.get(&rel), req.overwrite.contains(&rel))
                 {
                     if remote.sha256 != *ours && remote.sha256 != sha256 {
-                        let skipped = m.on_conflict == OnConflict::Skip;
-                        let change = RemoteChange {
-                            path: rel.clone(),
-                            now: RemoteHolds::File(remote.sha256),
-                            size: Some(remote.size),
-                            skipped,
-                        };
-                        let expected = Expected {
-                            held: Some(*ours),
-                            new: Some(sha256),
-                            skip_if_changed: skipped,
-                        };
-                        let detail = conflict_detail(m, &change, size, &expected);
-                        p.notes
-                            .push((rel.clone(), Note::Conflict { skipped, detail }));
+                        let (skipped, note) =
+                            manifest_conflict(m, &rel, remote, *ours, Some(sha256), size);
+                        p.notes.push((rel.clone(), note));
                         if skipped {
                             continue;
                         }
@@ -499,20 +514,8 @@ fn plan_remote_deletes(req: &BatchRequest, manifest: &Manifest, p: &mut Plan) {
             (req.held.get(rel), req.kind, req.overwrite.contains(rel))
         {
             if remote.sha256 != *ours {
-                let skipped = m.on_conflict == OnConflict::Skip;
-                let change = RemoteChange {
-                    path: rel.clone(),
-                    now: RemoteHolds::File(remote.sha256),
-                    size: Some(remote.size),
-                    skipped,
-                };
-                let expected = Expected {
-                    held: Some(*ours),
-                    new: None,
-                    skip_if_changed: skipped,
-                };
-                let detail = conflict_detail(m, &change, 0, &expected);
-                conflicts.push((rel.clone(), Note::Conflict { skipped, detail }));
+                let (skipped, note) = manifest_conflict(m, rel, remote, *ours, None, 0);
+                conflicts.push((rel.clone(), note));
                 if skipped {
                     kept.insert(rel);
                     continue;
