@@ -120,6 +120,10 @@ async fn a_healthy_setup_passes_every_check_in_order() {
         "✓ api-1/app: reload command found (`kill`",
         "✓ api-2/app: has sh and tar",
         "✓ api-2/app: `/app` exists and is writable",
+        // busybox `df` answers nothing for `/app` in kubesim's chroot (its
+        // root is not a mount of its own), so only the host image says this.
+        "✓ api-2/app: ",
+        " free under `/app`",
         "✓ api-2/app: reload command found (`kill`",
         "all checks passed",
     ];
@@ -258,6 +262,28 @@ async fn a_read_only_remote_and_a_missing_reload_program_are_reported() {
     assert!(out
         .fix_for("the reload command `nginx` is not in the container's PATH")
         .contains("install `nginx` in the image"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_volume_under_the_remote_folder_is_reported() {
+    let c = cluster(vec![
+        api_pod("api-1", Image::Busybox).memory_volume("data", "64Ki", "/data")
+    ])
+    .await;
+    // Filled from outside, as another process in the pod would.
+    let root = c.sim.container_root("default", "api-1", "app").unwrap();
+    let filler = root.join("data/filler");
+    let _ = std::fs::write(&filler, vec![0u8; 64 * 1024]);
+    let ws = workspace("app=api", "/data", None);
+    let out = doctor(ws.path(), &c.sim.kubeconfig_path()).await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(out.failures().len(), 1, "{}", out.stdout);
+    assert!(
+        out.fix_for("KiB free under `/data`")
+            .contains("enlarge the volume"),
+        "{}",
+        out.stdout
+    );
 }
 
 /// A kubeconfig like the sim's, pointing at a port where nothing listens.

@@ -393,8 +393,9 @@ async fn rbac(client: &ContextClient, namespace: &str, timeout: Duration) -> Rba
 }
 
 /// Read-only: reports missing tools, whether the remote folder (or the
-/// nearest existing parent podloop would create it under) is writable, and
-/// whether the reload command's program exists. Records are NUL-separated
+/// nearest existing parent podloop would create it under) is writable and
+/// how much room it has (`df`, when the image has it), and whether the
+/// reload command's program exists. Records are NUL-separated
 /// so that any folder name comes back intact.
 const PROBE_SCRIPT: &str = r#"
 root=$1 reload=$2 nonce=$3 tools=$4
@@ -409,6 +410,9 @@ if err=$(mkdir -- "$dir/.podloop-doctor-$nonce" 2>&1); then
   rmdir -- "$dir/.podloop-doctor-$nonce"; printf 'W\0'
 else
   printf 'U\0%s\0' "$err"
+fi
+if command -v df >/dev/null 2>&1; then
+  df -P -k -- "$dir" 2>/dev/null | { read -r _; read -r _ _ _ avail _ && printf 'F\0%s\0' "$avail"; }
 fi
 if [ -n "$reload" ]; then
   if ! err=$(sh -n -c "$reload" 2>&1); then printf 'Y\0%s\0' "$err"; fi
@@ -428,6 +432,8 @@ struct ProbeReport {
     parent: Option<String>,
     writable: bool,
     write_error: Option<String>,
+    /// KiB available on the folder's filesystem.
+    free_kib: Option<u64>,
     reload_syntax: Option<String>,
     reload_found: Option<String>,
     reload_missing: Option<String>,
@@ -453,6 +459,7 @@ fn parse_probe(stdout: &[u8]) -> Result<ProbeReport, String> {
             "P" => report.parent = Some(value("P")?),
             "W" => report.writable = true,
             "U" => report.write_error = Some(value("U")?),
+            "F" => report.free_kib = value("F")?.parse().ok(),
             "Y" => report.reload_syntax = Some(value("Y")?),
             "R" => report.reload_found = Some(value("R")?),
             "N" => report.reload_missing = Some(value("N")?),
@@ -569,6 +576,18 @@ async fn probe_container(
             checks.push(Check::fail(format!("{at}: {text}"), fix));
         }
     }
+    let place = report.parent.as_deref().unwrap_or(remote);
+    match report.free_kib {
+        Some(kib) if kib < LOW_SPACE_KIB => checks.push(Check::fail(
+            format!("{at}: only {kib} KiB free under `{place}`"),
+            "free space in the container or enlarge the volume (an emptyDir's `sizeLimit`): a save that does not fit is not applied, and waits",
+        )),
+        Some(kib) => checks.push(Check::pass(format!(
+            "{at}: {} free under `{place}`",
+            crate::engine::human_bytes(kib.saturating_mul(1024))
+        ))),
+        None => {}
+    }
     match (
         reload,
         &report.reload_syntax,
@@ -591,6 +610,9 @@ async fn probe_container(
     }
     checks
 }
+
+/// Below this, `podloop doctor` calls the remote folder's disk full.
+const LOW_SPACE_KIB: u64 = 1024;
 
 fn exec_fix(problem: &str) -> String {
     if problem.contains("forbidden (403)") {
