@@ -5,6 +5,10 @@
 // open the workspace → open a mapped file → type → Ctrl+S
 //   ⇒ the pod holds exactly the saved bytes (read back with the real kubectl)
 //   ⇒ the status bar names the pod and the batch time; its hover lists the target
+// edit the file inside the pod (kubectl exec) → type → Ctrl+S
+//   ⇒ a warning squiggle, and the pod keeps its copy (on_conflict = "skip")
+// Ctrl+. → Enter on "podloop: overwrite the container's copy…"
+//   ⇒ the pod holds the local file, the warning is gone
 // delete the pod → type → Ctrl+S
 //   ⇒ the status bar shows the problem (icon, colour, message, "1 pending"),
 //     and the server's message is a notification with "Show logs"
@@ -76,7 +80,19 @@ function writeWorkspace(run) {
   fs.mkdirSync(path.join(workspace, 'src'), { recursive: true });
   fs.writeFileSync(
     path.join(workspace, 'podloop.toml'),
-    ['namespace = "default"', '', '[[sync]]', 'name = "api"', 'local = "src"', 'remote = "/app/src"', 'selector = "app=api"', `container = "${CONTAINER}"`, ''].join('\n'),
+    [
+      'namespace = "default"',
+      // The container's own edits are kept until the user picks the quick fix.
+      'on_conflict = "skip"',
+      '',
+      '[[sync]]',
+      'name = "api"',
+      'local = "src"',
+      'remote = "/app/src"',
+      'selector = "app=api"',
+      `container = "${CONTAINER}"`,
+      '',
+    ].join('\n'),
   );
   fs.writeFileSync(path.join(workspace, 'src', 'app.py'), ORIGINAL);
   return workspace;
@@ -152,6 +168,31 @@ await mainProgram('sync', async (run) => {
   await page.screenshot({ path: path.join(screenshotsDir, 'status-bar.png') });
   log(`screenshot: ${path.join(screenshotsDir, 'status-bar.png')}`);
   await page.mouse.move(640, 300);
+
+  // Someone edits the file inside the pod; the next save is a conflict,
+  // left alone under on_conflict = "skip", with a quick fix on the warning.
+  await kubectl(kubeconfig, 'exec', POD, '-c', CONTAINER, '--', 'sh', '-c', `echo edited in the pod > ${REMOTE_FILE}`);
+  await appendLineAndSave(page, `print('saved over an edit in the pod ${nonce}')`);
+  const squiggle = page.locator('.editor-instance .squiggly-warning').first();
+  await squiggle.waitFor({ timeout: 15_000 });
+  if ((await kubectl(kubeconfig, 'exec', POD, '-c', CONTAINER, '--', 'cat', REMOTE_FILE)) !== 'edited in the pod\n') {
+    throw new Error('on_conflict = "skip" did not keep the pod\'s copy');
+  }
+  log('conflict: warning shown, the pod kept its copy');
+  await page.keyboard.press('Control+Home');
+  await page.keyboard.press('Control+.');
+  const fix = page.locator('.action-widget .monaco-list-row', { hasText: "podloop: overwrite the container's copy" });
+  await fix.first().waitFor({ timeout: 15_000 });
+  // The light bulb's menu opens with its preferred fix (ours) selected.
+  await page.keyboard.press('Enter');
+  const overwritten = fs.readFileSync(localFile, 'utf8');
+  await waitFor('the quick fix to send the local file over the pod\'s copy', async () => {
+    return (await kubectl(kubeconfig, 'exec', POD, '-c', CONTAINER, '--', 'cat', REMOTE_FILE)) === overwritten;
+  });
+  await waitFor('the conflict warning to go', async () => (await page.locator('.editor-instance .squiggly-warning').count()) === 0, {
+    timeoutMs: 15_000,
+  });
+  log('quick fix: the pod holds the local file, the warning is gone');
 
   // Break the target: the pod goes away, and the next save cannot be delivered.
   await kubectl(kubeconfig, 'delete', 'pod', POD, '--wait=true', '--timeout=20s');
