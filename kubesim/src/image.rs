@@ -89,6 +89,21 @@ pub fn busybox_available() -> bool {
     Path::new(BUSYBOX).is_file()
 }
 
+/// For tests that need a busybox pod: whether they can run. Without
+/// `/bin/busybox` a test is skipped (said on stderr), except under
+/// `CI=true`, where a machine missing it is a broken CI setup: panic.
+pub fn busybox_or_skip() -> bool {
+    if busybox_available() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "/bin/busybox is missing: apt-get install -y busybox-static"
+    );
+    eprintln!("skipped: /bin/busybox is missing (apt-get install -y busybox-static)");
+    false
+}
+
 fn base_layout(root: &Path) -> io::Result<()> {
     for dir in ["proc", "dev", "tmp", "etc", "root", "var/run", "home"] {
         fs::create_dir_all(root.join(dir))?;

@@ -5,18 +5,6 @@ use std::path::Path;
 
 use kubesim::{EmptyDir, Image, PodTemplate, Sim, SimOptions, Volume};
 
-fn busybox_or_skip() -> bool {
-    if kubesim::image::busybox_available() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "/bin/busybox is missing: apt-get install -y busybox-static"
-    );
-    eprintln!("skipped: /bin/busybox is missing (apt-get install -y busybox-static)");
-    false
-}
-
 /// Mount points in this process's mount namespace at or under `dir`.
 fn mounts_under(dir: &Path) -> Vec<String> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -39,7 +27,7 @@ async fn start() -> (Sim, tempfile::TempDir) {
 
 #[tokio::test]
 async fn a_memory_empty_dir_fills_up_inside_the_container_and_its_pod_leaves_no_mount() {
-    if !busybox_or_skip() {
+    if !kubesim::image::busybox_or_skip() {
         return;
     }
     let (sim, _dir) = start().await;
@@ -123,7 +111,7 @@ async fn a_memory_empty_dir_fills_up_inside_the_container_and_its_pod_leaves_no_
 
 #[tokio::test]
 async fn dropping_the_sim_unmounts_every_volume_and_a_disk_empty_dir_is_shared() {
-    if !busybox_or_skip() {
+    if !kubesim::image::busybox_or_skip() {
         return;
     }
     let (sim, dir) = start().await;
@@ -187,7 +175,7 @@ async fn dropping_the_sim_unmounts_every_volume_and_a_disk_empty_dir_is_shared()
 
 #[tokio::test]
 async fn a_read_only_root_keeps_its_memory_volume_writable() {
-    if !busybox_or_skip() {
+    if !kubesim::image::busybox_or_skip() {
         return;
     }
     let (sim, _dir) = start().await;
@@ -217,7 +205,7 @@ async fn a_read_only_root_keeps_its_memory_volume_writable() {
 
 #[tokio::test]
 async fn volumes_kubesim_cannot_honour_are_refused_before_anything_is_mounted() {
-    if !busybox_or_skip() {
+    if !kubesim::image::busybox_or_skip() {
         return;
     }
     let (sim, _dir) = start().await;
@@ -264,7 +252,7 @@ async fn volumes_kubesim_cannot_honour_are_refused_before_anything_is_mounted() 
 
 #[tokio::test]
 async fn a_new_sim_unmounts_volumes_left_by_a_killed_one_and_only_those() {
-    if !busybox_or_skip() {
+    if !kubesim::image::busybox_or_skip() {
         return;
     }
     let (live, _live_dir) = start().await;

@@ -29,18 +29,6 @@ container = "app"
 /// without racing the next attempt.
 const QUIET_GAP_MS: u128 = 1000;
 
-fn busybox_or_skip() -> bool {
-    if kubesim::image::busybox_available() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "/bin/busybox is missing: apt-get install -y busybox-static"
-    );
-    eprintln!("skipped: /bin/busybox is missing (apt-get install -y busybox-static)");
-    false
-}
-
 fn pod() -> PodTemplate {
     api_pod(Image::Busybox).memory_volume("data", "64Ki", VOLUME)
 }
@@ -145,7 +133,7 @@ fn assert_still_pending(status: &Status) {
 
 #[tokio::test]
 async fn one_file_that_does_not_fit_keeps_the_old_copy_and_lands_once_space_is_freed() {
-    if !busybox_or_skip() {
+    if !kubesim::image::busybox_or_skip() {
         return;
     }
     let mut h = with_volume_pod().await;
@@ -189,7 +177,7 @@ async fn one_file_that_does_not_fit_keeps_the_old_copy_and_lands_once_space_is_f
 
 #[tokio::test]
 async fn a_batch_that_does_not_fit_is_applied_whole_or_not_at_all() {
-    if !busybox_or_skip() {
+    if !kubesim::image::busybox_or_skip() {
         return;
     }
     let mut h = with_volume_pod().await;
@@ -245,7 +233,7 @@ async fn a_batch_that_does_not_fit_is_applied_whole_or_not_at_all() {
 
 #[tokio::test]
 async fn podloop_sync_into_a_full_volume_exits_non_zero_with_the_reason() {
-    if !busybox_or_skip() {
+    if !kubesim::image::busybox_or_skip() {
         return;
     }
     let (sim, _sim_dir) = EngineSim::sim().await;

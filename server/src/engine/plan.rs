@@ -152,13 +152,20 @@ pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) ->
         outcome.elapsed = started.elapsed();
         return outcome;
     }
-    let sending: HashMap<RelPath, (u64, Option<Expected>)> = plan
+    // Only checked entries can come back as conflicts: keep just those.
+    let checked: HashMap<RelPath, (u64, Expected)> = plan
         .entries
         .iter()
         .filter_map(|e| match &e.op {
-            Op::Put { size, expect, .. } => Some((e.path.clone(), (*size, *expect))),
-            Op::Delete { expect } => Some((e.path.clone(), (0, *expect))),
-            Op::Symlink { .. } => None,
+            Op::Put {
+                size,
+                expect: Some(expect),
+                ..
+            } => Some((e.path.clone(), (*size, *expect))),
+            Op::Delete {
+                expect: Some(expect),
+            } => Some((e.path.clone(), (0, *expect))),
+            _ => None,
         })
         .collect();
     let batch = Batch {
@@ -173,7 +180,7 @@ pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) ->
         _ => &[],
     };
     for change in conflicts {
-        let Some((size, Some(expected))) = sending.get(&change.path) else {
+        let Some((size, expected)) = checked.get(&change.path) else {
             continue;
         };
         if change.skipped {
