@@ -103,7 +103,7 @@ where
 /// Serve LSP over stdin/stdout until `exit` or until stdin closes.
 pub fn run_stdio() -> anyhow::Result<()> {
     let set_log_level = logging::init_stderr();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let outcome = runtime.block_on(serve(

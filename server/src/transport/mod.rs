@@ -1,6 +1,7 @@
 //! The kube transport: pod discovery, exec, tar streaming.
 //! Knows nothing of LSP or of the engine's state.
 
+pub mod agent;
 pub mod client;
 pub mod error;
 pub mod exec;

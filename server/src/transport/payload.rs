@@ -83,6 +83,12 @@ pub struct Payload {
     pub deletes: usize,
 }
 
+/// 16 random hex digits: marks the end of one batch (or request) so that no
+/// file name or content can forge it.
+pub fn new_nonce() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
 /// A path inside the mapping: relative, no empty, `.` or `..` segment, no NUL.
 /// The engine already guarantees this; checking again here keeps the wall
 /// honest, since this is what decides where the container writes.
@@ -165,7 +171,7 @@ const INLINE_BUDGET: u64 = 16 * 1024 * 1024;
 /// that cannot be read is left out and reported, the rest still go.
 pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
     let mut payload = Payload {
-        nonce: format!("{:016x}", rand::random::<u64>()),
+        nonce: new_nonce(),
         ..Payload::default()
     };
     // Under `on_conflict = "skip"` the container's `v` loop deletes the
@@ -333,7 +339,7 @@ pub fn plan_single(entries: &[UploadEntry]) -> Result<Option<Payload>, Transport
         return Ok(None);
     };
     let mut payload = Payload {
-        nonce: format!("{:016x}", rand::random::<u64>()),
+        nonce: new_nonce(),
         single_file: Some(entry.path.clone()),
         single_expect: *expect,
         files: 1,

@@ -312,6 +312,45 @@ run_reload "$reload"
 }
 "#;
 
+/// `agent_start SIZE NONCE`: SIZE bytes of the agent (see
+/// `transport/agent.rs`) follow. When this container can run it (x86_64, a
+/// writable temporary folder that allows executing, `sh` on PATH), it is
+/// written there under a name of its own and `exec`ed in place of this
+/// shell: it deletes its file and answers `A`. Otherwise `N` and why, and
+/// the shell session goes on (the `I` request that follows is read past).
+/// Three processes, once per session: `uname`, `chmod` and the probe.
+const AGENT_START: &str = r#"
+agent_start() {
+why= agent= shell=
+case $(uname -m 2>/dev/null) in
+x86_64|amd64) ;;
+*) why='the container is not x86_64' ;;
+esac
+if [ -z "$why" ]; then
+  # busybox may name its applet without a path; the agent needs one.
+  shell=$(command -v sh)
+  case $shell in /*) ;; *) shell=/bin/sh ;; esac
+  [ -x "$shell" ] || why='no sh to run reload commands with'
+fi
+if [ -z "$why" ]; then
+  for d in "${TMPDIR:-/tmp}" /dev/shm; do
+    if [ -d "$d" ] && [ -w "$d" ]; then agent=$d/.podloop-agent-$2; break; fi
+  done
+  [ -n "$agent" ] || why='no writable temporary folder (/tmp, /dev/shm)'
+fi
+if [ -n "$why" ]; then
+  take "$1" >/dev/null; printf 'N\0%s\0' "$why"; return 0
+fi
+if ! take_to "$agent" "$1"; then
+  rm -f -- "$agent"; printf 'N\0%s\0' "cannot write $agent: ${err##*: }"; return 7
+fi
+if ! chmod 700 "$agent" 2>/dev/null || ! "$agent" probe >/dev/null 2>&1; then
+  rm -f -- "$agent"; printf 'N\0%s\0' "$agent cannot run (a noexec mount?)"; return 0
+fi
+exec "$agent" serve "$2" "$shell"
+}
+"#;
+
 /// One batch in one exec. Positional parameters: `$1` remote root, `$2` tar
 /// size in bytes, `$3` reload command (may be empty), `$4` the batch's nonce.
 pub fn deliver_script() -> String {
@@ -334,13 +373,15 @@ exit "$code"
 /// marker unforgeable by a name).
 pub fn session_script() -> String {
     format!(
-        "{PRELUDE}{CHECKS}{APPLY}{PUT_ONE}\n{}",
+        "{PRELUDE}{CHECKS}{APPLY}{PUT_ONE}{AGENT_START}\n{}",
         r#"mask=$(umask)
 printf 'H\0'
 while IFS=' ' read -r kind size nonce rest; do
   eval "set -- $rest"
   case $kind in
     F) put_one "$1" "$size" "$2" "$nonce" "$3" "$4" "$5" "$6" ;;
+    A) agent_start "$size" "$nonce" ;;
+    I) take "$size" >/dev/null; continue ;;
     *) apply "$1" "$size" "$2" "$nonce" ;;
   esac
   code=$?
@@ -391,19 +432,23 @@ pub fn session_file_header(
 /// `OLD NEW SKIP` for the scripts' `changed` check: plain tokens (hex, `-`,
 /// `.`, digits), never quoted.
 pub fn expect_words(expect: Option<&Expect>) -> Vec<u8> {
+    expect_tokens(expect).join(&b' ')
+}
+
+/// The three tokens of [`expect_words`], apart (the agent takes them as
+/// separate fields).
+pub fn expect_tokens(expect: Option<&Expect>) -> [Vec<u8>; 3] {
+    let sha = |sha: &Option<[u8; 32]>| match sha {
+        Some(sha) => hex::encode(sha).into_bytes(),
+        None => b"-".to_vec(),
+    };
     match expect {
-        None => b". . 0".to_vec(),
-        Some(e) => {
-            let old = match &e.held {
-                Some(sha) => hex::encode(sha),
-                None => "-".into(),
-            };
-            let new = match &e.new {
-                Some(sha) => hex::encode(sha),
-                None => "-".into(),
-            };
-            format!("{old} {new} {}", u8::from(e.skip_if_changed)).into_bytes()
-        }
+        None => [b".".to_vec(), b".".to_vec(), b"0".to_vec()],
+        Some(e) => [
+            sha(&e.held),
+            sha(&e.new),
+            vec![b'0' + u8::from(e.skip_if_changed)],
+        ],
     }
 }
 

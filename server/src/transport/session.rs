@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use super::agent::{self, Upgrade};
 use super::client::ContextClient;
 use super::error::TransportError;
 use super::exec::{ContainerRef, Exec, ExecEvent, ExecOutput, ExitStatus};
@@ -45,12 +46,52 @@ impl From<&ContainerRef> for ContainerRefKey {
     }
 }
 
+/// Who reads a session's batches in the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `remote::session_script` under `sh`.
+    Shell,
+    /// The agent, `exec`ed in the shell's place (see `transport/agent.rs`).
+    Agent,
+}
+
 pub struct Session {
     exec: Exec,
+    dialect: Dialect,
 }
 
 impl Session {
+    /// Opens a shell session and, when `agent` is given, upgrades it to
+    /// the agent if the container can run it.
     pub async fn open(
+        client: &ContextClient,
+        target: &ContainerRef,
+        agent: Option<&[u8]>,
+    ) -> Result<Session, TransportError> {
+        let mut session = Session::open_shell(client, target).await?;
+        if let Some(binary) = agent {
+            let nonce = payload::new_nonce();
+            session
+                .exec
+                .write(&agent::upgrade_request(binary, &nonce))
+                .await?;
+            session.exec.flush().await?;
+            let records = session.read_to_end_marker(target, &nonce).await?;
+            match agent::upgrade_answer(&records) {
+                Upgrade::Started => session.dialect = Dialect::Agent,
+                Upgrade::Declined(why) => {
+                    tracing::info!(pod = %target.pod, container = %target.container, %why, "no container agent: the shell session applies saves");
+                }
+            }
+        }
+        Ok(session)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    async fn open_shell(
         client: &ContextClient,
         target: &ContainerRef,
     ) -> Result<Session, TransportError> {
@@ -67,7 +108,10 @@ impl Session {
                 Some(ExecEvent::Stdout(b)) => {
                     stdout.extend_from_slice(&b);
                     if stdout == b"H\0" {
-                        return Ok(Session { exec });
+                        return Ok(Session {
+                            exec,
+                            dialect: Dialect::Shell,
+                        });
                     }
                     if !b"H\0".starts_with(&stdout) && stdout.ends_with(b"\0") {
                         // A missing tool: the one-shot path reports it precisely.
@@ -91,8 +135,8 @@ impl Session {
     ) -> Result<DeliverOutcome, TransportError> {
         let reload = upload.reload.as_deref().unwrap_or("");
         let nonce = &plan.nonce;
-        let header = match &plan.single_file {
-            Some(path) => remote::session_file_header(
+        let header = match (&plan.single_file, self.dialect) {
+            (Some(path), Dialect::Shell) => remote::session_file_header(
                 plan.len,
                 nonce,
                 root,
@@ -100,7 +144,16 @@ impl Session {
                 path,
                 plan.single_expect.as_ref(),
             ),
-            None => remote::session_header(plan.len, nonce, root, reload),
+            (Some(path), Dialect::Agent) => agent::file_header(
+                plan.len,
+                nonce,
+                root,
+                reload,
+                path,
+                plan.single_expect.as_ref(),
+            ),
+            (None, Dialect::Shell) => remote::session_header(plan.len, nonce, root, reload),
+            (None, Dialect::Agent) => agent::tar_header(plan.len, nonce, root, reload),
         };
         // Header, content and trailer go out together: a small batch is one
         // WebSocket frame.
@@ -110,6 +163,21 @@ impl Session {
             self.exec.write(format!("{nonce}\n").as_bytes()).await?;
         }
         self.exec.flush().await?;
+        let stdout = self.read_to_end_marker(target, nonce).await?;
+        let output = ExecOutput {
+            status: ExitStatus::Code(0),
+            stdout,
+            stderr_tail: Vec::new(),
+        };
+        ops::interpret_deliver(target, root, plan.len, plan, output)
+    }
+
+    /// Everything the container printed before `E\0NONCE\0`.
+    async fn read_to_end_marker(
+        &mut self,
+        target: &ContainerRef,
+        nonce: &str,
+    ) -> Result<Vec<u8>, TransportError> {
         let end = format!("E\0{nonce}\0").into_bytes();
         let mut stdout = Vec::new();
         loop {
@@ -118,7 +186,7 @@ impl Session {
                     stdout.extend_from_slice(&b);
                     if stdout.ends_with(&end) {
                         stdout.truncate(stdout.len() - end.len());
-                        break;
+                        return Ok(stdout);
                     }
                 }
                 Some(ExecEvent::Stderr(_)) => {}
@@ -130,12 +198,6 @@ impl Session {
                 }
             }
         }
-        let output = ExecOutput {
-            status: ExitStatus::Code(0),
-            stdout,
-            stderr_tail: Vec::new(),
-        };
-        ops::interpret_deliver(target, root, plan.len, plan, output)
     }
 }
 
@@ -150,15 +212,39 @@ fn protocol(target: &ContainerRef, detail: &str) -> TransportError {
 /// A session, or none yet; held for a whole batch.
 type SessionSlot = Arc<Mutex<Option<Session>>>;
 
+/// How often an agent session may fail (end mid-batch, refuse a request)
+/// before that container instance keeps to the shell session.
+const AGENT_FAILURES_TOLERATED: u32 = 3;
+
 /// At most one session per container instance; a batch holds its session
 /// for the whole round trip (the engine sends one batch per target at a
 /// time anyway).
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct SessionPool {
     sessions: Arc<std::sync::Mutex<HashMap<SessionKey, SessionSlot>>>,
+    /// The agent offered to new sessions; `None`: shell sessions only.
+    agent: Option<&'static [u8]>,
+    /// Container instances where the agent failed, and how often.
+    agent_failures: Arc<std::sync::Mutex<HashMap<SessionKey, u32>>>,
+}
+
+impl Default for SessionPool {
+    fn default() -> Self {
+        SessionPool {
+            sessions: Arc::default(),
+            agent: agent::binary(),
+            agent_failures: Arc::default(),
+        }
+    }
 }
 
 impl SessionPool {
+    /// Sessions stay shells: nothing is copied into containers.
+    pub fn without_agent(mut self) -> Self {
+        self.agent = None;
+        self
+    }
+
     fn slot(&self, key: &SessionKey) -> SessionSlot {
         let mut map = self
             .sessions
@@ -170,6 +256,24 @@ impl SessionPool {
                 || (k.pod_uid == key.pod_uid && k.restart_count == key.restart_count)
         });
         map.entry(key.clone()).or_default().clone()
+    }
+
+    fn agent_for(&self, key: &SessionKey) -> Option<&'static [u8]> {
+        let failures = self
+            .agent_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let failed = failures.get(key).copied().unwrap_or(0);
+        self.agent.filter(|_| failed < AGENT_FAILURES_TOLERATED)
+    }
+
+    fn agent_failed(&self, key: &SessionKey, times: u32) {
+        let mut failures = self
+            .agent_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = failures.entry(key.clone()).or_default();
+        *count = count.saturating_add(times);
     }
 
     pub fn len(&self) -> usize {
@@ -199,12 +303,24 @@ impl SessionPool {
             *guard = None;
         }
         if guard.is_none() {
-            match Session::open(client, target).await {
-                Ok(session) => *guard = Some(session),
+            let agent = self.agent_for(key);
+            match Session::open(client, target, agent).await {
+                Ok(session) => {
+                    if agent.is_some() && session.dialect() == Dialect::Shell {
+                        // Declined: this container cannot run it; do not ask again.
+                        self.agent_failed(key, AGENT_FAILURES_TOLERATED);
+                    }
+                    *guard = Some(session)
+                }
                 Err(e) if !e.is_transient() && !matches!(e, TransportError::Protocol { .. }) => {
                     return Err(e)
                 }
-                Err(_) => return ops::deliver(client, target, upload).await,
+                Err(_) => {
+                    if agent.is_some() {
+                        self.agent_failed(key, 1);
+                    }
+                    return ops::deliver(client, target, upload).await;
+                }
             }
         }
         let session = guard.as_mut().expect("opened above");
@@ -228,6 +344,9 @@ impl SessionPool {
                 Err(e)
             }
             Err(_) => {
+                if session.dialect() == Dialect::Agent {
+                    self.agent_failed(key, 1);
+                }
                 *guard = None;
                 drop(guard);
                 ops::deliver(client, target, upload).await
