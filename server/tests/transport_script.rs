@@ -1,7 +1,8 @@
 //! The remote scripts run locally, with the exact stdin bytes podloop sends:
 //! once with the host's `sh` and GNU tar/coreutils, once in a PATH holding
-//! only busybox applets. No cluster involved: this pins down the script and
-//! the framing; `transport_kubesim.rs` covers the wire.
+//! only busybox applets, and (sessions) once as a busybox session upgraded
+//! to the container agent. No cluster involved: this pins down the script,
+//! the agent and the framing; `transport_kubesim.rs` covers the wire.
 
 mod common;
 
@@ -14,15 +15,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::tree::{file, paths, tree, Node};
+use podloop::transport::agent::{self, Upgrade};
 use podloop::transport::ops::{deliver_argv, manifest_argv};
 use podloop::transport::payload::{self, UploadEntry, UploadOp};
 use podloop::transport::remote::{self, ManifestOutput};
+use podloop::transport::session::Dialect;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Shell {
     Host,
     Busybox,
+    /// A busybox session upgraded to the container agent. The agent exists
+    /// only in sessions: one-shot scripts never run under it.
+    Agent,
 }
+
+/// Every way a warm session can run.
+const SESSION_SHELLS: [Shell; 3] = [Shell::Host, Shell::Busybox, Shell::Agent];
 
 const BUSYBOX_APPLETS: &[&str] = &[
     "sh",
@@ -42,6 +51,9 @@ const BUSYBOX_APPLETS: &[&str] = &[
     "[",
     "touch",
     "wc",
+    // The agent's upgrade checks the architecture and marks the agent executable.
+    "uname",
+    "chmod",
 ];
 
 fn busybox_bin(dir: &Path, without: &[&str]) -> PathBuf {
@@ -56,12 +68,13 @@ fn busybox_bin(dir: &Path, without: &[&str]) -> PathBuf {
     bin
 }
 
-/// The `sh` of `shell`, started in `scratch/cwd` (made here); a busybox
-/// shell gets a PATH of busybox applets without `without`.
+/// The `sh` of `shell`, started in `scratch/cwd` (made here) with TMPDIR
+/// `scratch/tmp` (see [`tmp_dir`]); a busybox shell gets a PATH of busybox
+/// applets without `without`.
 fn shell_command(shell: Shell, scratch: &Path, without: &[&str]) -> Command {
     let mut command = match shell {
         Shell::Host => Command::new("/bin/sh"),
-        Shell::Busybox => {
+        Shell::Busybox | Shell::Agent => {
             let bin = busybox_bin(scratch, without);
             let mut c = Command::new(bin.join("sh"));
             c.env("PATH", bin);
@@ -71,7 +84,25 @@ fn shell_command(shell: Shell, scratch: &Path, without: &[&str]) -> Command {
     let cwd = scratch.join("cwd");
     std::fs::create_dir_all(&cwd).unwrap();
     command.current_dir(cwd);
+    command.env("TMPDIR", tmp_dir(scratch));
     command
+}
+
+/// The session's temporary folder, where the agent is copied to (made here).
+fn tmp_dir(scratch: &Path) -> PathBuf {
+    let tmp = scratch.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    tmp
+}
+
+/// What is left in a folder, by name.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Runs `argv` (whose first element is `sh`) the way the container would.
@@ -82,6 +113,11 @@ fn run(
     stdin: &[u8],
     without: &[&str],
 ) -> (i32, Vec<u8>, Vec<u8>) {
+    assert_ne!(
+        shell,
+        Shell::Agent,
+        "one-shot scripts never run under the agent"
+    );
     let mut command = shell_command(shell, scratch, without);
     command
         .args(&argv[1..])
@@ -506,15 +542,19 @@ async fn manifest_script_hashes_every_file_with_odd_names() {
     }
 }
 
-/// A `sh` running the session script, fed batch after batch on one stdin.
+/// A `sh` running the session script (or the agent it became), fed batch
+/// after batch on one stdin.
 struct SessionShell {
     child: std::process::Child,
     stdin: std::process::ChildStdin,
     output: std::sync::mpsc::Receiver<Vec<u8>>,
     buffered: Vec<u8>,
+    dialect: Dialect,
 }
 
 impl SessionShell {
+    /// A session of `shell`; `Shell::Agent` is upgraded at once and must
+    /// start. `path` replaces the shell's PATH.
     fn start(shell: Shell, scratch: &Path, path: Option<&Path>) -> SessionShell {
         let mut command = shell_command(shell, scratch, &[]);
         if let Some(path) = path {
@@ -543,9 +583,30 @@ impl SessionShell {
             stdin,
             output,
             buffered: Vec::new(),
+            dialect: Dialect::Shell,
         };
         assert_eq!(session.read_until(b"H\0"), b"");
+        if shell == Shell::Agent {
+            assert_eq!(session.upgrade(), Upgrade::Started);
+        }
         session
+    }
+
+    /// Offers the agent, as `Session::open` does; on `Started` the session
+    /// speaks the agent's dialect from now on.
+    fn upgrade(&mut self) -> Upgrade {
+        let binary =
+            agent::binary().expect("the agent was not built: see the warning of server/build.rs");
+        let nonce = payload::new_nonce();
+        self.stdin
+            .write_all(&agent::upgrade_request(binary, &nonce))
+            .unwrap();
+        self.stdin.flush().unwrap();
+        let answer = agent::upgrade_answer(&self.read_until(format!("E\0{nonce}\0").as_bytes()));
+        if answer == Upgrade::Started {
+            self.dialect = Dialect::Agent;
+        }
+        answer
     }
 
     /// Everything before `marker`; panics after 20 s without it.
@@ -575,16 +636,46 @@ impl SessionShell {
 
     /// Sends one batch and returns the script's report for it.
     async fn batch(&mut self, root: &Path, entries: &[UploadEntry], reload: &str) -> Vec<u8> {
+        self.batch_cut(root, entries, reload, None).await
+    }
+
+    /// [`Self::batch`], but stdin ends after `cut` bytes of the tar when given.
+    async fn batch_cut(
+        &mut self,
+        root: &Path,
+        entries: &[UploadEntry],
+        reload: &str,
+        cut: Option<usize>,
+    ) -> Vec<u8> {
         let (plan, bytes) = payload_bytes(entries).await;
-        let header = remote::session_header(plan.len, &plan.nonce, root.to_str().unwrap(), reload);
+        let root = root.to_str().unwrap();
+        let header = match self.dialect {
+            Dialect::Shell => remote::session_header(plan.len, &plan.nonce, root, reload),
+            Dialect::Agent => agent::tar_header(plan.len, &plan.nonce, root, reload),
+        };
         self.stdin.write_all(&header).unwrap();
-        self.stdin.write_all(&bytes).unwrap();
-        self.stdin.flush().unwrap();
+        self.send_body(&bytes, cut);
         self.read_until(format!("E\0{}\0", plan.nonce).as_bytes())
     }
-}
 
-impl SessionShell {
+    /// Writes `body`, or only its first `cut` bytes and then ends stdin (the
+    /// connection drops inside the batch).
+    fn send_body(&mut self, body: &[u8], cut: Option<usize>) {
+        if let Some(at) = cut {
+            self.stdin.write_all(&body[..at]).unwrap();
+            let stdin = std::mem::replace(
+                &mut self.stdin,
+                std::process::ChildStdin::from(std::os::fd::OwnedFd::from(
+                    std::fs::File::open("/dev/null").unwrap(),
+                )),
+            );
+            drop(stdin);
+        } else {
+            self.stdin.write_all(body).unwrap();
+        }
+        self.stdin.flush().unwrap();
+    }
+
     /// Sends a one-file batch on the fast path: raw bytes, then the nonce.
     fn file(&mut self, root: &Path, path: &[u8], content: &[u8], cut: Option<usize>) -> Vec<u8> {
         self.file_checked(root, path, content, cut, None)
@@ -598,33 +689,39 @@ impl SessionShell {
         cut: Option<usize>,
         expect: Option<payload::Expect>,
     ) -> Vec<u8> {
-        let nonce = format!("{:016x}", rand::random::<u64>());
-        let header = remote::session_file_header(
-            content.len() as u64,
-            &nonce,
-            root.to_str().unwrap(),
-            "",
-            path,
-            expect.as_ref(),
-        );
+        self.file_request(root, path, content, cut, expect, "")
+    }
+
+    fn file_request(
+        &mut self,
+        root: &Path,
+        path: &[u8],
+        content: &[u8],
+        cut: Option<usize>,
+        expect: Option<payload::Expect>,
+        reload: &str,
+    ) -> Vec<u8> {
+        let nonce = payload::new_nonce();
+        let (size, root) = (content.len() as u64, root.to_str().unwrap());
+        let header = match self.dialect {
+            Dialect::Shell => {
+                remote::session_file_header(size, &nonce, root, reload, path, expect.as_ref())
+            }
+            Dialect::Agent => agent::file_header(size, &nonce, root, reload, path, expect.as_ref()),
+        };
         self.stdin.write_all(&header).unwrap();
         let mut rest = content.to_vec();
         rest.extend_from_slice(format!("{nonce}\n").as_bytes());
-        if let Some(at) = cut {
-            // The connection drops: stdin ends inside the batch.
-            self.stdin.write_all(&rest[..at]).unwrap();
-            let stdin = std::mem::replace(
-                &mut self.stdin,
-                std::process::ChildStdin::from(std::os::fd::OwnedFd::from(
-                    std::fs::File::open("/dev/null").unwrap(),
-                )),
-            );
-            drop(stdin);
-        } else {
-            self.stdin.write_all(&rest).unwrap();
-        }
-        self.stdin.flush().unwrap();
+        self.send_body(&rest, cut);
         self.read_until(format!("E\0{nonce}\0").as_bytes())
+    }
+
+    /// The executable the session's process runs now.
+    fn exe(&self) -> String {
+        std::fs::read_link(format!("/proc/{}/exe", self.child.id()))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -655,7 +752,7 @@ fn counting_bin(dir: &Path, log: &Path) -> PathBuf {
     let bin = dir.join("countbin");
     std::fs::create_dir_all(&bin).unwrap();
     for tool in [
-        "dd", "head", "tar", "mv", "rm", "mkdir", "cat", "find", "xargs", "sh",
+        "dd", "head", "tar", "mv", "rm", "mkdir", "cat", "find", "xargs", "sh", "uname", "chmod",
     ] {
         let real = ["/usr/bin", "/bin"]
             .iter()
@@ -763,7 +860,7 @@ async fn a_session_applies_batch_after_batch_and_a_small_save_costs_four_process
 
 #[tokio::test]
 async fn a_session_survives_an_unwritable_root_and_keeps_reading_in_step() {
-    for shell in [Shell::Host, Shell::Busybox] {
+    for shell in SESSION_SHELLS {
         let scratch = tempfile::tempdir().unwrap();
         // A file where the root's parent folder should be: no root can be made.
         std::fs::write(scratch.path().join("blocked"), b"file").unwrap();
@@ -781,6 +878,16 @@ async fn a_session_survives_an_unwritable_root_and_keeps_reading_in_step() {
         let report = remote::parse_deliver_output(&out).unwrap();
         assert!(report.complete, "{shell:?}: {report:?}");
         assert_eq!(std::fs::read(root.join("big")).unwrap().len(), 300_000);
+        // The same for a one-file save: refused whole, the next one lands.
+        let out = session.file(&blocked, b"one.rs", &[b'o'; 200_000], None);
+        let report = remote::parse_deliver_output(&out).unwrap();
+        let why = report.staging_failed.clone().expect("an S record");
+        assert!(why.contains("blocked"), "{shell:?}: {why}");
+        assert!(!report.complete, "{shell:?}: {report:?}");
+        let out = session.file(&root, b"one.rs", b"landed", None);
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(report.complete, "{shell:?}: {report:?}");
+        assert_eq!(std::fs::read(root.join("one.rs")).unwrap(), b"landed");
     }
 }
 
@@ -856,12 +963,14 @@ fn one_saved_file_takes_the_fast_path_dd_and_mv_only() {
     assert!(!root.join("PWNED").exists());
 }
 
-/// Each shell, with `on_conflict = "skip"` (true) and `"overwrite"`.
-const EVERY_SHELL_AND_MODE: [(Shell, bool); 4] = [
+/// Each session shell, with `on_conflict = "skip"` (true) and `"overwrite"`.
+const EVERY_SHELL_AND_MODE: [(Shell, bool); 6] = [
     (Shell::Host, true),
     (Shell::Busybox, true),
+    (Shell::Agent, true),
     (Shell::Host, false),
     (Shell::Busybox, false),
+    (Shell::Agent, false),
 ];
 
 fn conflicts(
@@ -876,7 +985,7 @@ fn conflicts(
 
 #[test]
 fn a_save_over_a_file_changed_in_the_container_is_reported_and_follows_on_conflict() {
-    for shell in [Shell::Host, Shell::Busybox] {
+    for shell in SESSION_SHELLS {
         let scratch = tempfile::tempdir().unwrap();
         let root = scratch.path().join("app");
         let mut session = SessionShell::start(shell, scratch.path(), None);
@@ -1029,7 +1138,7 @@ async fn a_batch_checks_every_file_it_replaces_with_one_sha256sum() {
 
 #[tokio::test]
 async fn nothing_is_written_or_deleted_through_a_link_in_the_container() {
-    for shell in [Shell::Host, Shell::Busybox] {
+    for shell in SESSION_SHELLS {
         let scratch = tempfile::tempdir().unwrap();
         let root = scratch.path().join("app");
         let outside = scratch.path().join("etc");
@@ -1075,14 +1184,24 @@ async fn nothing_is_written_or_deleted_through_a_link_in_the_container() {
     }
 }
 
-/// A tmpfs of `kib` KiB mounted at `dir` (tests run as root), unmounted on drop.
-struct SmallDisk(PathBuf);
+/// A tmpfs mounted at `dir` (tests run as root), unmounted on drop.
+struct Tmpfs(PathBuf);
 
-impl SmallDisk {
-    fn mount(dir: &Path, kib: u32) -> SmallDisk {
+impl Tmpfs {
+    /// A disk of `kib` KiB.
+    fn small(dir: &Path, kib: u32) -> Tmpfs {
+        Tmpfs::mount(dir, &format!("size={kib}k"))
+    }
+
+    /// A folder where nothing can be executed.
+    fn noexec(dir: &Path) -> Tmpfs {
+        Tmpfs::mount(dir, "size=1m,noexec")
+    }
+
+    fn mount(dir: &Path, options: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir)
             .output()
             .unwrap();
@@ -1091,11 +1210,11 @@ impl SmallDisk {
             "mounting a tmpfs (root needed) failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        SmallDisk(dir.to_path_buf())
+        Tmpfs(dir.to_path_buf())
     }
 }
 
-impl Drop for SmallDisk {
+impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
     }
@@ -1103,16 +1222,16 @@ impl Drop for SmallDisk {
 
 #[tokio::test]
 async fn a_full_disk_applies_nothing_and_says_so() {
-    for shell in [Shell::Host, Shell::Busybox] {
+    for shell in SESSION_SHELLS {
         let scratch = tempfile::tempdir().unwrap();
         let root = scratch.path().join("app");
-        let _disk = SmallDisk::mount(&root, 256);
+        let _disk = Tmpfs::small(&root, 256);
         std::fs::write(root.join("main.rs"), b"before").unwrap();
         std::fs::write(root.join("other.rs"), b"before").unwrap();
         std::fs::write(root.join("filler"), vec![0u8; 200 * 1024]).unwrap();
         let big = vec![b'x'; 100 * 1024];
 
-        // The fast path: the write fails, the old file stays, the session ends.
+        // The fast path: the write fails, the old file stays.
         let mut session = SessionShell::start(shell, scratch.path(), None);
         let out = session.file(&root, b"main.rs", &big, None);
         let report = remote::parse_deliver_output(&out).unwrap();
@@ -1124,13 +1243,14 @@ async fn a_full_disk_applies_nothing_and_says_so() {
             "{shell:?}: {why}"
         );
         assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), b"before");
-        assert_ne!(session.child.wait().unwrap().code(), Some(0));
+        let leftovers = podloop_entries(&root);
+        assert!(leftovers.is_empty(), "{shell:?}: {leftovers:?}");
+        let mut session = after_a_failed_write(shell, session, scratch.path());
 
         // A tar batch: nothing of it lands, no staging folder stays.
         let mut local = Local::new(scratch.path());
         local.put(b"main.rs", &big, false);
         local.put(b"other.rs", b"after", false);
-        let mut session = SessionShell::start(shell, scratch.path(), None);
         let out = session.batch(&root, &local.entries, "").await;
         let report = remote::parse_deliver_output(&out).unwrap();
         assert!(!report.complete, "{shell:?}: {report:?}");
@@ -1143,15 +1263,31 @@ async fn a_full_disk_applies_nothing_and_says_so() {
         assert_eq!(std::fs::read(root.join("other.rs")).unwrap(), b"before");
         let leftovers = podloop_entries(&root);
         assert!(leftovers.is_empty(), "{shell:?}: {leftovers:?}");
-        assert_ne!(session.child.wait().unwrap().code(), Some(0));
+        let mut session = after_a_failed_write(shell, session, scratch.path());
 
         // Space freed: the same batch lands.
         std::fs::remove_file(root.join("filler")).unwrap();
-        let mut session = SessionShell::start(shell, scratch.path(), None);
         let out = session.batch(&root, &local.entries, "").await;
         assert!(remote::parse_deliver_output(&out).unwrap().complete);
         assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), big);
     }
+}
+
+/// A shell session ends after a failed write (the rest of the batch is
+/// still unread on its stdin): the next batch needs a new one. The agent
+/// reads every batch to its end, so it goes on in step: a save elsewhere
+/// proves it.
+fn after_a_failed_write(shell: Shell, mut session: SessionShell, scratch: &Path) -> SessionShell {
+    if shell != Shell::Agent {
+        assert_ne!(session.child.wait().unwrap().code(), Some(0), "{shell:?}");
+        return SessionShell::start(shell, scratch, None);
+    }
+    let elsewhere = scratch.join("elsewhere");
+    let out = session.file(&elsewhere, b"probe", b"in step", None);
+    let report = remote::parse_deliver_output(&out).unwrap();
+    assert!(report.complete, "{report:?}");
+    assert_eq!(std::fs::read(elsewhere.join("probe")).unwrap(), b"in step");
+    session
 }
 
 /// Sets a path's mtime `minutes` ago (the tests run as root: `touch -d`).
@@ -1256,5 +1392,355 @@ async fn a_delete_checks_the_file_it_removes_and_skip_keeps_a_changed_one() {
         );
         assert_eq!(std::fs::read(root.join("other.rs")).unwrap(), b"new");
         assert!(staging_folders(&root).is_empty());
+    }
+}
+
+/// The tools logged in `log` by [`counting_bin`], sorted.
+fn spawned_tools(log: &Path) -> Vec<String> {
+    let mut tools: Vec<String> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect();
+    tools.sort();
+    tools
+}
+
+#[tokio::test]
+async fn a_one_file_save_through_the_agent_starts_no_process_and_a_tar_batch_still_works() {
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("spawned");
+    let bin = counting_bin(scratch.path(), &log);
+    let root = scratch.path().join("app");
+    // dash and GNU tools, so every process started through PATH is counted.
+    let mut session = SessionShell::start(Shell::Host, scratch.path(), Some(&bin));
+    assert_eq!(session.upgrade(), Upgrade::Started);
+    // The upgrade's own cost, once per session (the probe runs by path).
+    assert_eq!(spawned_tools(&log), ["chmod", "dd", "uname"]);
+
+    let _ = std::fs::remove_file(&log);
+    let deep = b"new $(dir)/it's\nodd.rs";
+    let report = remote::parse_deliver_output(&session.file(&root, deep, b"one\n", None)).unwrap();
+    assert!(report.complete && report.failed.is_empty(), "{report:?}");
+    assert_eq!(std::fs::read(root.join(os(deep))).unwrap(), b"one\n");
+    assert_eq!(
+        spawned_tools(&log),
+        [] as [&str; 0],
+        "root and folders made"
+    );
+    let mut held = b"one\n".to_vec();
+    std::fs::write(root.join("main.rs"), &held).unwrap();
+    for i in 0..3 {
+        // Checked saves: the agent hashes the old file itself.
+        let content = format!("version {i}\n\n").into_bytes();
+        let expect = expectation(&content, Some(&held), false);
+        let out = session.file_checked(&root, b"main.rs", &content, None, Some(expect));
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(report.complete && report.failed.is_empty(), "{report:?}");
+        assert!(report.conflicts.is_empty(), "{report:?}");
+        assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), content);
+        let meta = std::fs::metadata(root.join("main.rs")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        assert_eq!(spawned_tools(&log), [] as [&str; 0], "save {i}");
+        held = content;
+    }
+    // A conflict is found and the container's copy kept, still without a process.
+    std::fs::write(root.join("main.rs"), b"theirs").unwrap();
+    let expect = expectation(b"mine", Some(&held), true);
+    let out = session.file_checked(&root, b"main.rs", b"mine", None, Some(expect));
+    let report = remote::parse_deliver_output(&out).unwrap();
+    assert_eq!(
+        conflicts(&report),
+        [(
+            b"main.rs".to_vec(),
+            remote::RemoteState::File(sha256(b"theirs")),
+            Some(6),
+            true
+        )]
+    );
+    assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), b"theirs");
+    assert_eq!(spawned_tools(&log), [] as [&str; 0]);
+    assert!(
+        podloop_entries(&root).is_empty(),
+        "{:?}",
+        podloop_entries(&root)
+    );
+
+    // A tar batch goes through the deliver script under sh.
+    let mut local = Local::new(scratch.path());
+    local.put(b"main.rs", b"from tar", false);
+    local.put(b"run.sh", b"#!/bin/sh\n", true);
+    local.link(b"link", b"run.sh");
+    local.delete(b"new $(dir)");
+    let out = session.batch(&root, &local.entries, "echo reloaded").await;
+    let report = remote::parse_deliver_output(&out).unwrap();
+    assert!(report.complete && report.failed.is_empty(), "{report:?}");
+    assert_eq!(report.reload_output.as_deref(), Some("reloaded"));
+    assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), b"from tar");
+    let meta = std::fs::metadata(root.join("run.sh")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::read_link(root.join("link")).unwrap(),
+        Path::new("run.sh")
+    );
+    assert!(!root.join("new $(dir)").exists());
+    let tools = spawned_tools(&log);
+    assert!(
+        tools.contains(&"sh".to_string()) && tools.contains(&"tar".to_string()),
+        "{tools:?}"
+    );
+    assert!(staging_folders(&root).is_empty());
+
+    // Still in step after a batch: a save is process-free again.
+    let _ = std::fs::remove_file(&log);
+    let report = remote::parse_deliver_output(&session.file(&root, b"main.rs", b"last", None));
+    assert!(report.unwrap().complete);
+    assert_eq!(std::fs::read(root.join("main.rs")).unwrap(), b"last");
+    assert_eq!(spawned_tools(&log), [] as [&str; 0]);
+    assert!(!scratch.path().join("cwd/PWNED").exists() && !root.join("PWNED").exists());
+
+    // The end of stdin is the end of the session, a clean one.
+    drop(session.stdin);
+    assert_eq!(session.child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn after_the_upgrade_the_agent_runs_in_the_shells_place_and_nothing_is_left_in_tmpdir() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut session = SessionShell::start(Shell::Busybox, scratch.path(), None);
+    let busybox = std::fs::canonicalize("/bin/busybox").unwrap();
+    assert_eq!(Path::new(&session.exe()), busybox);
+    assert_eq!(session.upgrade(), Upgrade::Started);
+    // The same process, now the agent, whose file is already gone.
+    let exe = session.exe();
+    assert!(
+        exe.contains("/.podloop-agent-") && exe.ends_with(" (deleted)"),
+        "{exe}"
+    );
+    assert_eq!(names_in(&tmp_dir(scratch.path())), [] as [&str; 0]);
+    let root = scratch.path().join("app");
+    let report = remote::parse_deliver_output(&session.file(&root, b"a", b"a", None)).unwrap();
+    assert!(report.complete, "{report:?}");
+    assert_eq!(std::fs::read(root.join("a")).unwrap(), b"a");
+}
+
+#[tokio::test]
+async fn the_upgrade_is_declined_without_x86_64_or_on_a_noexec_tmpdir_and_the_shell_goes_on() {
+    let scratch = tempfile::tempdir().unwrap();
+    let fake = scratch.path().join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(fake.join("uname"), "#!/bin/sh\necho aarch64\n").unwrap();
+    std::fs::set_permissions(fake.join("uname"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let arm_path = format!("{}:/usr/bin:/bin", fake.display());
+
+    // (a busybox shell runs its own `uname` whatever PATH says: dash here.)
+    let cases: [(&str, Shell, Option<&Path>, &str); 2] = [
+        (
+            "aarch64",
+            Shell::Host,
+            Some(Path::new(&arm_path)),
+            "not x86_64",
+        ),
+        ("noexec", Shell::Busybox, None, "noexec"),
+    ];
+    for (case, shell, path, why_contains) in cases {
+        let scratch = tempfile::tempdir().unwrap();
+        let tmp = tmp_dir(scratch.path());
+        let _noexec = (case == "noexec").then(|| Tmpfs::noexec(&tmp));
+        let mut session = SessionShell::start(shell, scratch.path(), path);
+        let shell_exe = session.exe();
+        match session.upgrade() {
+            Upgrade::Declined(why) => assert!(why.contains(why_contains), "{case}: {why}"),
+            Upgrade::Started => panic!("{case}: the agent started"),
+        }
+        assert_eq!(session.dialect, Dialect::Shell);
+        assert_eq!(session.exe(), shell_exe, "{case}: still the shell");
+        assert_eq!(names_in(&tmp), [] as [&str; 0], "{case}");
+
+        // The shell session reads on in step: a save, a batch, a save.
+        let root = scratch.path().join("app");
+        let report = remote::parse_deliver_output(&session.file(&root, b"a b", b"1", None));
+        assert!(report.unwrap().complete, "{case}");
+        let mut local = Local::new(scratch.path());
+        local.put(b"a b", b"2", false);
+        local.put(b"sub/c", b"3", false);
+        let out = session.batch(&root, &local.entries, "").await;
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(
+            report.complete && report.failed.is_empty(),
+            "{case}: {report:?}"
+        );
+        let report = remote::parse_deliver_output(&session.file(&root, b"sub/c", b"4", None));
+        assert!(report.unwrap().complete, "{case}");
+        assert_eq!(std::fs::read(root.join("a b")).unwrap(), b"2");
+        assert_eq!(std::fs::read(root.join("sub/c")).unwrap(), b"4");
+        drop(session.stdin);
+        assert_eq!(session.child.wait().unwrap().code(), Some(0), "{case}");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_reports_its_output_and_exit_code_alike_in_every_session() {
+    for shell in SESSION_SHELLS {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("root");
+        let mut session = SessionShell::start(shell, scratch.path(), None);
+        let failing = "echo out; echo boom >&2; exit 7";
+        let out = session.file_request(&root, b"a", b"a", None, None, failing);
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(report.complete, "{shell:?}: {report:?}");
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"a");
+        let from_file = (report.reload_output, report.reload_exit);
+
+        let mut local = Local::new(scratch.path());
+        local.put(b"b", b"b", false);
+        let passing = "printf 'it'\\''s\\n\\n\\n'; pwd >/dev/null";
+        let out = session.batch(&root, &local.entries, passing).await;
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(report.complete, "{shell:?}: {report:?}");
+        let from_batch = (report.reload_output, report.reload_exit);
+        assert_eq!(
+            from_file,
+            (Some("out\nboom".to_string()), Some(7)),
+            "{shell:?}"
+        );
+        assert_eq!(from_batch, (Some("it's".to_string()), Some(0)), "{shell:?}");
+        // A reload that cannot be found is the shell's 127, with its message.
+        let out = session.file_request(&root, b"a", b"c", None, None, "no-such-reload");
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert_eq!(report.reload_exit, Some(127), "{shell:?}: {report:?}");
+        let output = report.reload_output.unwrap_or_default();
+        assert!(output.contains("no-such-reload"), "{shell:?}: {output}");
+    }
+}
+
+#[tokio::test]
+async fn a_cut_stream_applies_nothing_in_any_session() {
+    for shell in SESSION_SHELLS {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("a"), b"old").unwrap();
+        std::fs::write(root.join("doomed"), b"keep me").unwrap();
+        let unchanged = |what: &str| {
+            assert_eq!(names_in(&root), ["a", "doomed"], "{shell:?} {what}");
+            assert_eq!(
+                std::fs::read(root.join("a")).unwrap(),
+                b"old",
+                "{shell:?} {what}"
+            );
+        };
+        // Inside the content, and just before the nonce line.
+        for cut in [3, 700] {
+            let mut session = SessionShell::start(shell, scratch.path(), None);
+            let out = session.file(&root, b"a", &[b'n'; 700], Some(cut));
+            let report = remote::parse_deliver_output(&out).unwrap();
+            assert!(
+                report.truncated.is_some() && !report.complete,
+                "{shell:?} cut {cut}: {report:?}"
+            );
+            unchanged(&format!("file cut at {cut}"));
+            // Nothing more is read from a stream that lost its step.
+            assert_eq!(session.child.wait().unwrap().code(), Some(5), "{shell:?}");
+        }
+        let mut local = Local::new(scratch.path());
+        local.put(b"a", &vec![b'n'; 100_000], false);
+        local.put(b"b", b"b", false);
+        local.delete(b"doomed");
+        let len = payload_bytes(&local.entries).await.1.len();
+        // Inside the delete list, inside a file, just before the end marker.
+        for cut in [100usize, 700, 50_000, len - 2000] {
+            let mut session = SessionShell::start(shell, scratch.path(), None);
+            let out = session
+                .batch_cut(&root, &local.entries, "touch RELOADED", Some(cut))
+                .await;
+            let report = remote::parse_deliver_output(&out).unwrap();
+            assert!(!report.complete, "{shell:?} cut at {cut}");
+            // tar itself may notice the cut first ("short read").
+            assert!(
+                report.truncated.is_some() || report.extract_failed.is_some(),
+                "{shell:?} cut at {cut}: {report:?}"
+            );
+            unchanged(&format!("batch cut at {cut}"));
+            let code = session.child.wait().unwrap().code();
+            match shell {
+                // The agent knows the cut itself: it counted the bytes.
+                Shell::Agent => assert_eq!(code, Some(5), "cut at {cut}"),
+                _ => assert!(
+                    matches!(code, Some(5 | 6)),
+                    "{shell:?} cut at {cut}: {code:?}"
+                ),
+            }
+        }
+    }
+}
+
+/// `prefix` + `name` for a flat name, `prefix` + `name` + `/` + `name` when
+/// `prefix` ends without a slash (a folder named after the file).
+fn nested(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = prefix.to_vec();
+    path.extend_from_slice(name);
+    if !prefix.ends_with(b"/") {
+        path.push(b'/');
+        path.extend_from_slice(name);
+    }
+    path
+}
+
+#[tokio::test]
+async fn hostile_names_arrive_intact_in_every_session() {
+    let mut names = hostile_names();
+    names.push(b"back\\slash");
+    names.push(b"trailing newline\n");
+    for shell in SESSION_SHELLS {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("app $(touch PWNED)");
+        let mut session = SessionShell::start(shell, scratch.path(), None);
+        // One by one on the fast path (also in a folder of their own), then
+        // all at once in a tar batch.
+        for name in &names {
+            for path in [name.to_vec(), nested(b"dir ", name)] {
+                let out = session.file(&root, &path, &path, None);
+                let report = remote::parse_deliver_output(&out).unwrap();
+                assert!(
+                    report.complete && report.failed.is_empty(),
+                    "{shell:?}: {report:?}"
+                );
+            }
+        }
+        let mut local = Local::new(scratch.path());
+        for name in &names {
+            local.put(&nested(b"tar $(x)/", name), name, false);
+        }
+        let out = session
+            .batch(&root, &local.entries, "echo \"it's\" '$(x)'")
+            .await;
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(
+            report.complete && report.failed.is_empty(),
+            "{shell:?}: {report:?}"
+        );
+        assert_eq!(
+            report.reload_output.as_deref(),
+            Some("it's $(x)"),
+            "{shell:?}"
+        );
+        for name in &names {
+            let shown = String::from_utf8_lossy(name);
+            for path in [name.to_vec(), nested(b"dir ", name)] {
+                let landed = std::fs::read(root.join(os(&path))).unwrap();
+                assert_eq!(landed, path, "{shell:?} {shown:?}");
+            }
+            let in_tar = std::fs::read(root.join(os(&nested(b"tar $(x)/", name)))).unwrap();
+            assert_eq!(in_tar, *name, "{shell:?} {shown:?}");
+        }
+        assert!(podloop_entries(&root).is_empty(), "{shell:?}");
+        for dir in [
+            scratch.path().to_path_buf(),
+            scratch.path().join("cwd"),
+            root.clone(),
+        ] {
+            assert!(!dir.join("PWNED").exists(), "{shell:?}: {}", dir.display());
+        }
     }
 }
