@@ -459,19 +459,16 @@ async fn start_server(ws: &Path, kubeconfig: &Path, targets: usize) -> anyhow::R
 /// case an event was missed (a folder created after the watch began).
 struct DiskWaiter {
     _watcher: notify::RecommendedWatcher,
-    /// The paths each inotify event names.
-    events: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    events: mpsc::UnboundedReceiver<()>,
 }
 
 impl DiskWaiter {
     fn new(dirs: &[PathBuf]) -> anyhow::Result<DiskWaiter> {
         use notify::Watcher;
         let (tx, events) = mpsc::unbounded_channel();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                let paths = event.map(|e| e.paths).unwrap_or_default();
-                let _ = tx.send(paths);
-            })?;
+        let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+            let _ = tx.send(());
+        })?;
         for dir in dirs {
             std::fs::create_dir_all(dir)?;
             watcher
@@ -507,35 +504,73 @@ impl DiskWaiter {
             self.clear();
         }
     }
+}
 
-    /// Until every one of `files` holds `content`. A file is read again only
-    /// when an event names it (or every `RECHECK`, should an event be
-    /// missed): with ten replicas a save raises some forty events, and
-    /// reading all ten files on each would spend the very CPU the bench
-    /// measures.
-    async fn wait_all_hold(
-        &mut self,
-        timeout: Duration,
-        files: &[PathBuf],
-        content: &[u8],
-    ) -> anyhow::Result<()> {
+/// Waits for a save to land in the pods: one inotify watch per pod folder,
+/// for renames into it and closed writes only, matched by name. With ten
+/// replicas a save raises some fifty events of every kind; a general
+/// watcher (recursive, path-building) and reading every file on each event
+/// spent more of the two cores than the server and the containers did,
+/// which is CPU the bench would then measure as podloop's latency.
+struct LandingWatch {
+    events: inotify::EventStream<Vec<u8>>,
+    /// Per pod file: its folder's watch, its name, its path.
+    files: Vec<(inotify::WatchDescriptor, std::ffi::OsString, PathBuf)>,
+}
+
+impl LandingWatch {
+    fn new(files: &[PathBuf]) -> anyhow::Result<LandingWatch> {
+        let inotify = inotify::Inotify::init().context("starting inotify")?;
+        let mut watched = Vec::new();
+        for file in files {
+            let dir = file.parent().context("a pod file has a folder")?;
+            std::fs::create_dir_all(dir)?;
+            let watch = inotify
+                .watches()
+                .add(
+                    dir,
+                    inotify::WatchMask::MOVED_TO | inotify::WatchMask::CLOSE_WRITE,
+                )
+                .with_context(|| format!("watching {}", dir.display()))?;
+            let name = file.file_name().context("a pod file has a name")?;
+            watched.push((watch, name.to_os_string(), file.clone()));
+        }
+        Ok(LandingWatch {
+            events: inotify.into_event_stream(vec![0u8; 64 * 1024])?,
+            files: watched,
+        })
+    }
+
+    /// Until every file holds `content`. A file is read again only when an
+    /// event names it, or every `RECHECK` should an event be lost.
+    async fn wait_all_hold(&mut self, timeout: Duration, content: &[u8]) -> anyhow::Result<()> {
+        use futures::StreamExt;
         const RECHECK: Duration = Duration::from_millis(50);
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pending: Vec<&PathBuf> = files.iter().filter(|f| !holds(f, content)).collect();
-        while !pending.is_empty() {
+        let mut pending: Vec<usize> = (0..self.files.len())
+            .filter(|i| !holds(&self.files[*i].2, content))
+            .collect();
+        while let Some(&first) = pending.first() {
             if tokio::time::Instant::now() >= deadline {
                 bail!(
-                    "timed out after {timeout:?} waiting for a save to land in {} (and {} more)",
-                    pending[0].display(),
-                    pending.len() - 1
+                    "timed out after {timeout:?} waiting for a save to land in {} ({} pods still waiting)",
+                    self.files[first].2.display(),
+                    pending.len()
                 );
             }
-            match tokio::time::timeout(RECHECK, self.events.recv()).await {
-                Ok(Some(paths)) => {
-                    pending.retain(|f| !(paths.iter().any(|p| p == *f) && holds(f, content)));
+            match tokio::time::timeout(RECHECK, self.events.next()).await {
+                Ok(Some(event)) => {
+                    let event = event.context("reading inotify events")?;
+                    let files = &self.files;
+                    pending.retain(|i| {
+                        let (watch, name, path) = &files[*i];
+                        !(event.wd == *watch
+                            && event.name.as_deref() == Some(name.as_os_str())
+                            && holds(path, content))
+                    });
                 }
-                Ok(None) => bail!("the disk watcher stopped"),
-                Err(_) => pending.retain(|f| !holds(f, content)),
+                Ok(None) => bail!("the inotify stream ended"),
+                Err(_) => pending.retain(|i| !holds(&self.files[*i].2, content)),
             }
         }
         Ok(())
@@ -561,24 +596,21 @@ async fn timed_saves(
     client: &LspClient,
     file: &Path,
     pod_files: &[PathBuf],
-    waiter: &mut DiskWaiter,
     warmup: usize,
     count: usize,
 ) -> anyhow::Result<Vec<Duration>> {
     let uri = file_uri(file)?;
+    let mut landing = LandingWatch::new(pod_files)?;
     let mut samples = Vec::with_capacity(count);
     for i in 0..warmup + count {
         let content = save_content(i);
         std::fs::write(file, &content)?;
-        waiter.clear();
         let started = Instant::now();
         client.notify(
             "textDocument/didSave",
             json!({"textDocument": {"uri": uri}}),
         )?;
-        waiter
-            .wait_all_hold(LAND_TIMEOUT, pod_files, &content)
-            .await?;
+        landing.wait_all_hold(LAND_TIMEOUT, &content).await?;
         if i >= warmup {
             samples.push(started.elapsed());
         }
@@ -765,10 +797,9 @@ async fn single_save(env: &Env, report: &mut Report) -> anyhow::Result<Duration>
     let client = start_server(&ws, &kubeconfig, 1).await?;
     let idle_rss = client.pid().and_then(|p| rss_kib(p, "VmRSS:"));
     let pod_file = in_pod(env, "single-0", "main.rs")?;
-    let mut waiter = DiskWaiter::new(&[pod_file.parent().unwrap().to_path_buf()])?;
     let cpu_before = client.pid().and_then(cpu_time);
     let side_before = SideCpu::now(client.pid());
-    let samples = timed_saves(&client, &file, &[pod_file], &mut waiter, s.warmup, s.saves).await?;
+    let samples = timed_saves(&client, &file, &[pod_file], s.warmup, s.saves).await?;
     let cpu = cpu_used(&client, cpu_before, s.warmup + s.saves);
     let side = SideCpu::per_save(side_before, SideCpu::now(client.pid()), s.warmup + s.saves);
     client.stop().await?;
@@ -1013,22 +1044,9 @@ async fn fan_out(
         .iter()
         .map(|n| in_pod(env, n, "main.rs"))
         .collect::<anyhow::Result<_>>()?;
-    let dirs: Vec<PathBuf> = pod_files
-        .iter()
-        .map(|p| p.parent().unwrap().to_path_buf())
-        .collect();
-    let mut waiter = DiskWaiter::new(&dirs)?;
     let cpu_before = client.pid().and_then(cpu_time);
     let side_before = SideCpu::now(client.pid());
-    let samples = timed_saves(
-        &client,
-        &file,
-        &pod_files,
-        &mut waiter,
-        s.warmup,
-        s.fan_saves,
-    )
-    .await?;
+    let samples = timed_saves(&client, &file, &pod_files, s.warmup, s.fan_saves).await?;
     let cpu = cpu_used(&client, cpu_before, s.warmup + s.fan_saves);
     let side = SideCpu::per_save(
         side_before,
@@ -1101,19 +1119,10 @@ async fn remote(env: &Env, report: &mut Report) -> anyhow::Result<()> {
     std::fs::write(&file, save_content(0))?;
     let client = start_server(&ws, &far, 1).await?;
     let pod_file = in_pod(env, "remote-0", "main.rs")?;
-    let mut waiter = DiskWaiter::new(&[pod_file.parent().unwrap().to_path_buf()])?;
     // Warm-up opens the session; then count the execs the timed saves open.
-    let _ = timed_saves(
-        &client,
-        &file,
-        std::slice::from_ref(&pod_file),
-        &mut waiter,
-        0,
-        s.warmup,
-    )
-    .await?;
+    let _ = timed_saves(&client, &file, std::slice::from_ref(&pod_file), 0, s.warmup).await?;
     let execs_before = env.sim.exec_log().len();
-    let samples = timed_saves(&client, &file, &[pod_file], &mut waiter, 0, s.remote_saves).await?;
+    let samples = timed_saves(&client, &file, &[pod_file], 0, s.remote_saves).await?;
     let new_execs = env.sim.exec_log().len() - execs_before;
     client.stop().await?;
     let p50 = percentile(&samples, 0.5);
