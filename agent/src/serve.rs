@@ -296,6 +296,9 @@ impl MkdirFailure {
 }
 
 /// `mkdir -p`.
+// The failure carries its path by value: there is no allocator to box it,
+// and it is returned once, on a path that is about to be reported anyway.
+#[allow(clippy::result_large_err)]
 fn make_dirs(path: &CPath) -> Result<(), MkdirFailure> {
     let bytes = path.bytes();
     let mut end = 1;
