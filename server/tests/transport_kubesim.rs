@@ -16,6 +16,10 @@ use podloop::convert::kube::{KubeCluster, KubeOptions};
 use podloop::engine::{
     Batch, Cluster, ClusterError, Entry, Op, PodSelector, RelPath, Target, TargetSpec,
 };
+use podloop::transport::session::ContainerRefKey;
+use podloop::transport::{
+    ContainerRef, ContextClient, DeliverOutcome, SessionKey, SessionPool, Upload,
+};
 
 struct Fixture {
     sim: Sim,
@@ -144,7 +148,14 @@ impl<'a> BatchBuilder<'a> {
             remote_root: root.as_bytes().to_vec(),
             entries: self.entries.clone(),
             reload: reload.map(String::from),
+            agent: true,
         }
+    }
+    /// The transport's form of [`Self::batch`], `agent` as given.
+    fn upload(&self, root: &str, reload: Option<&str>, agent: bool) -> Upload {
+        let mut upload = podloop::convert::kube::upload(self.batch(root, reload));
+        upload.agent = agent;
+        upload
     }
 }
 
@@ -831,4 +842,232 @@ async fn warm_session_carries_many_batches_and_falls_back_when_it_dies() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(root.join("app/big")).unwrap(), big);
+}
+
+/// Host pids of the processes that run the container agent (its file is
+/// deleted as soon as it starts: the exe link still names it) inside this
+/// sim's pods, told apart from other tests' by their pid namespace.
+fn agent_processes(sim: &Sim) -> Vec<u32> {
+    let pid_namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let pods: Vec<PathBuf> = sim
+        .host_pids()
+        .iter()
+        .filter_map(|pid| pid_namespace(&pid.to_string()))
+        // kubesim's own `unshare` processes live in the host's namespace.
+        .filter(|ns| Some(ns) != pid_namespace("self").as_ref())
+        .collect();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(pid) = name.parse::<u32>() else {
+            continue;
+        };
+        let is_agent = std::fs::read_link(entry.path().join("exe"))
+            .is_ok_and(|exe| exe.to_string_lossy().contains(".podloop-agent-"));
+        if is_agent && pid_namespace(&name).is_some_and(|ns| pods.contains(&ns)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Polls until `sim` runs `count` agent processes; panics after 30 s.
+async fn wait_for_agents(sim: &Sim, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = agent_processes(sim);
+        if running.len() == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {count} agent processes, found {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn sim_client(f: &Fixture) -> ContextClient {
+    podloop::transport::Connector::new(KubeOptions {
+        kubeconfig: Some(f.sim.kubeconfig_path()),
+        context: None,
+    })
+    .unwrap()
+    .client(None)
+    .await
+    .unwrap()
+}
+
+async fn pool_deliver(
+    pool: &SessionPool,
+    client: &ContextClient,
+    target: &Target,
+    upload: Upload,
+) -> DeliverOutcome {
+    let container = ContainerRef {
+        namespace: target.namespace.clone(),
+        pod: target.pod.clone(),
+        container: target.container.clone(),
+    };
+    let key = SessionKey {
+        context: client.context.clone(),
+        target: ContainerRefKey::from(&container),
+        pod_uid: target.pod_uid.clone(),
+        restart_count: target.restart_count,
+    };
+    pool.deliver(client, &key, &container, upload)
+        .await
+        .unwrap()
+}
+
+/// The same saves through a pool that offers the agent and one that does
+/// not: a one-file save (the agent's own path), a hostile tar batch with a
+/// link, an executable, a delete and a reload (the deliver script under
+/// the agent), and a checked save over a file changed in the pod.
+async fn same_saves(f: &Fixture, pool: &SessionPool, target: &Target, root: &str) -> Vec<String> {
+    let client = sim_client(f).await;
+    let mut reports = Vec::new();
+    let mut b = BatchBuilder::new(&f.local);
+    b.put(b"it's $(x)\nodd dir/main.rs", b"first", false);
+    let out = pool_deliver(pool, &client, target, b.upload(root, None, true)).await;
+    reports.push(format!("{:?} {}", out.reload, out.files));
+    let mut b = BatchBuilder::new(&f.local);
+    for name in [
+        &b"with space"[..],
+        b"new\nline",
+        b"$(touch PWNED)",
+        b"back\\slash",
+        b"q'\"uote",
+    ] {
+        b.put(name, name, false);
+    }
+    b.put(b"run.sh", b"#!/bin/sh\necho hi\n", true)
+        .link(b"link", b"run.sh")
+        .delete(b"it's $(x)\nodd dir");
+    let out = pool_deliver(
+        pool,
+        &client,
+        target,
+        b.upload(root, Some("echo \"it's\"; exit 3"), true),
+    )
+    .await;
+    reports.push(format!("{:?} {} {}", out.reload, out.files, out.deletes));
+    let mut b = BatchBuilder::new(&f.local);
+    b.put(b"with space", b"again", false);
+    let out = pool_deliver(pool, &client, target, b.upload(root, Some("true"), true)).await;
+    reports.push(format!("{:?} {}", out.reload, out.files));
+    reports
+}
+
+#[tokio::test]
+async fn a_warm_session_to_a_busybox_pod_runs_the_agent_and_without_agent_stays_a_shell() {
+    let f = start().await;
+    let target = f.create_api_target(api_pod(Image::Busybox)).await;
+    let container_root = f.sim.container_root("default", "api-0", "api").unwrap();
+    let execs_before = f.sim.exec_log().len();
+
+    let with_agent = SessionPool::default();
+    let agent_reports = same_saves(&f, &with_agent, &target, "/app/agent").await;
+    assert_eq!(with_agent.len(), 1);
+    assert_eq!(
+        with_agent.agent_sessions(),
+        1,
+        "the busybox session speaks the agent"
+    );
+    assert_eq!(agent_processes(&f.sim).len(), 1);
+    // The agent deleted its own file from the pod's /tmp.
+    let leftovers: Vec<_> = std::fs::read_dir(container_root.join("tmp"))
+        .map(|dir| dir.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let shells = SessionPool::default().without_agent();
+    let shell_reports = same_saves(&f, &shells, &target, "/app/shell").await;
+    assert_eq!(shells.len(), 1);
+    assert_eq!(shells.agent_sessions(), 0);
+    assert_eq!(agent_processes(&f.sim).len(), 1, "no second agent");
+    assert_eq!(
+        f.sim.exec_log().len() - execs_before,
+        2,
+        "one warm exec per pool"
+    );
+
+    assert_eq!(agent_reports, shell_reports);
+    assert!(agent_reports[1].contains("it's"), "{agent_reports:?}");
+    let landed = tree(&container_root.join("app/agent"));
+    assert_eq!(landed, tree(&container_root.join("app/shell")));
+    assert_eq!(
+        landed.get(b"with space".as_slice()),
+        Some(&file(b"again", 0o644))
+    );
+    assert_eq!(
+        landed.get(b"run.sh".as_slice()),
+        Some(&file(b"#!/bin/sh\necho hi\n", 0o755))
+    );
+    assert_eq!(
+        landed.get(b"link".as_slice()),
+        Some(&Node::Link(b"run.sh".to_vec()))
+    );
+    assert_eq!(
+        landed.get(b"new\nline".as_slice()),
+        Some(&file(b"new\nline", 0o644))
+    );
+    assert!(
+        !landed.contains_key(b"it's $(x)\nodd dir".as_slice()),
+        "{:?}",
+        paths(&landed)
+    );
+    assert!(!landed.contains_key(b"PWNED".as_slice()));
+}
+
+#[tokio::test]
+async fn agent_false_never_copies_the_agent_in_and_retires_an_agent_session() {
+    let f = start().await;
+    let target = f.create_api_target(api_pod(Image::Busybox)).await;
+    let client = sim_client(&f).await;
+    let save = |content: &str, agent: bool| {
+        let mut b = BatchBuilder::new(&f.local);
+        b.put(b"main.rs", content.as_bytes(), false);
+        b.upload("/app", None, agent)
+    };
+    let landed = || {
+        f.sim
+            .read_file("default", "api-0", "api", "/app/main.rs")
+            .unwrap()
+    };
+
+    // `agent = false` from the first save: the session is a shell.
+    let pool = SessionPool::default();
+    pool_deliver(&pool, &client, &target, save("one", false)).await;
+    assert_eq!(landed(), b"one");
+    assert_eq!((pool.len(), pool.agent_sessions()), (1, 0));
+    assert!(agent_processes(&f.sim).is_empty());
+
+    // Allowed later: a fresh session upgrades, the next `agent = false`
+    // ends it (its process exits) and the save lands through a shell.
+    let pool = SessionPool::default();
+    pool_deliver(&pool, &client, &target, save("two", true)).await;
+    assert_eq!(pool.agent_sessions(), 1);
+    wait_for_agents(&f.sim, 1).await;
+    pool_deliver(&pool, &client, &target, save("three", false)).await;
+    assert_eq!(landed(), b"three");
+    assert_eq!((pool.len(), pool.agent_sessions()), (1, 0));
+    wait_for_agents(&f.sim, 0).await;
+
+    // Through the engine's Batch and KubeCluster: `agent` reaches the pool.
+    let mut b = BatchBuilder::new(&f.local);
+    b.put(b"main.rs", b"engine", false);
+    let mut batch = b.batch("/app", None);
+    batch.agent = false;
+    f.cluster.deliver(&target, batch.clone()).await.unwrap();
+    assert_eq!(landed(), b"engine");
+    assert!(agent_processes(&f.sim).is_empty());
+    let another = KubeCluster::new(KubeOptions {
+        kubeconfig: Some(f.sim.kubeconfig_path()),
+        context: None,
+    })
+    .unwrap();
+    batch.agent = true;
+    another.deliver(&target, batch).await.unwrap();
+    wait_for_agents(&f.sim, 1).await;
 }

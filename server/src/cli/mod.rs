@@ -194,6 +194,7 @@ pub fn adhoc_config(args: &SyncArgs) -> Result<Config, UsageError> {
             reload: args.reload.clone(),
             on_conflict: OnConflict::Overwrite,
             pods: PodsMode::All,
+            agent: true,
             line: 0,
         }],
     };
@@ -573,6 +574,8 @@ pub async fn status<C: Cluster + Clone>(cluster: C, args: StatusArgs, config: Co
             remote_root: remotes.get(&t.mapping).cloned().unwrap_or_default(),
             entries: Vec::new(),
             reload: None,
+            // A tool check needs no agent: nothing is copied in.
+            agent: false,
         };
         let tools = match cluster.deliver(&target, probe).await {
             Ok(_) => "sh, tar: ok".to_string(),

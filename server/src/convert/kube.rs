@@ -162,6 +162,7 @@ pub fn upload(batch: Batch) -> Upload {
         remote_root: batch.remote_root,
         entries: batch.entries.into_iter().map(upload_entry).collect(),
         reload: batch.reload.filter(|r| !r.trim().is_empty()),
+        agent: batch.agent,
     }
 }
 

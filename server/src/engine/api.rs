@@ -341,6 +341,9 @@ pub struct Batch {
     pub remote_root: Vec<u8>,
     pub entries: Vec<Entry>,
     pub reload: Option<String>,
+    /// The mapping's `agent`: false keeps the transport from copying its
+    /// container agent in (sessions stay shells).
+    pub agent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

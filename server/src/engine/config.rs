@@ -58,6 +58,10 @@ pub struct MappingConfig {
     pub reload: Option<String>,
     pub on_conflict: OnConflict,
     pub pods: PodsMode,
+    /// The top-level `agent`: whether a warm session may copy podloop's
+    /// container agent into the containers of this mapping (default true;
+    /// false for clusters whose policy forbids running a copied binary).
+    pub agent: bool,
     /// 0-based line of the `[[sync]]` header, for errors found later
     /// (e.g. when the mapping's targets are resolved).
     pub line: u32,
@@ -154,6 +158,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             "max_file_size",
             "on_conflict",
             "pods",
+            "agent",
             "sync",
         ],
         "",
@@ -171,6 +176,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .unwrap_or(DEFAULT_MAX_FILE_SIZE);
     let on_conflict = p.on_conflict(top, "").unwrap_or_default();
     let pods = p.pods(top, "").unwrap_or_default();
+    let agent = p.opt_bool(top, "agent", "").unwrap_or(true);
 
     let mut mappings = Vec::new();
     let mut sync_spans = Vec::new();
@@ -215,7 +221,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 let (line, _) = p.position(span.start);
                 if let Some(m) = p.mapping(table, index, &root, on_conflict, pods, span.clone(), line)
                 {
-                    mappings.push(m);
+                    mappings.push(MappingConfig { agent, ..m });
                     sync_spans.push(span);
                 }
             }
@@ -341,6 +347,26 @@ impl Parser<'_> {
                     key,
                     prefix,
                     format!("expected an integer, found {got}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn opt_bool(&mut self, table: &dyn TableLike, key: &str, prefix: &str) -> Option<bool> {
+        let item = table.get(key)?;
+        match item.as_bool() {
+            Some(b) => Some(b),
+            None => {
+                let got = match item.as_str() {
+                    Some(s) => format!("the string \"{s}\""),
+                    None => item.type_name().to_owned(),
+                };
+                self.error_key(
+                    table,
+                    key,
+                    prefix,
+                    format!("expected true or false (no quotes), found {got}"),
                 );
                 None
             }
@@ -566,6 +592,7 @@ impl Parser<'_> {
             reload,
             on_conflict,
             pods,
+            agent: true,
             line,
         })
     }
@@ -999,6 +1026,46 @@ on_conflict = "skip"
             "[[sync]]\nlocal = \"a\"\nremote = \"/app\"\nselector = \"x=y\"\n[[sync]]\nlocal = \"b\"\nremote = \"/app\"\nselector = \"x=z\"\n"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn agent_is_on_by_default_and_can_be_turned_off() {
+        let mapping = "[[sync]]\nlocal = \"a\"\nremote = \"/app\"\nselector = \"x=y\"\n[[sync]]\nlocal = \"b\"\nremote = \"/b\"\nselector = \"x=y\"\n";
+        let c = parse(Path::new("/w/podloop.toml"), mapping).unwrap();
+        assert!(c.mappings.iter().all(|m| m.agent));
+        let c = parse(
+            Path::new("/w/podloop.toml"),
+            &format!("agent = false\n{mapping}"),
+        )
+        .unwrap();
+        assert_eq!(c.mappings.len(), 2);
+        assert!(c.mappings.iter().all(|m| !m.agent));
+        let c = parse(
+            Path::new("/w/podloop.toml"),
+            &format!("agent = true\n{mapping}"),
+        )
+        .unwrap();
+        assert!(c.mappings.iter().all(|m| m.agent));
+    }
+
+    #[test]
+    fn an_agent_that_is_not_a_boolean_points_at_its_line() {
+        let mapping = "[[sync]]\nlocal = \"a\"\nremote = \"/app\"\nselector = \"x=y\"\n";
+        for (value, found) in [("\"no\"", "the string \"no\""), ("0", "integer")] {
+            let e = errors(&format!("namespace = \"dev\"\nagent = {value}\n{mapping}"));
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].key.as_deref(), Some("agent"));
+            assert_eq!((e[0].line, e[0].column), (1, 0));
+            assert!(
+                e[0].message.contains("expected true or false") && e[0].message.contains(found),
+                "{}",
+                e[0].message
+            );
+        }
+        // Only at the top: a mapping's own `agent` is an unknown key.
+        let e = errors(&format!("{mapping}agent = false\n"));
+        assert_eq!(e[0].key.as_deref(), Some("sync[0].agent"));
+        assert_eq!(e[0].line, 4);
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct Mapping {
     pub remote: Vec<u8>,
     pub reload: Option<String>,
     pub on_conflict: OnConflict,
+    /// Whether warm sessions may run the container agent (`agent` in
+    /// podloop.toml).
+    pub agent: bool,
     pub max_file_size: u64,
     pub config_file: PathBuf,
     pub config_line: u32,
@@ -127,6 +130,7 @@ impl Mapping {
             remote: cfg.remote.as_bytes().to_vec(),
             reload: cfg.reload.clone(),
             on_conflict: cfg.on_conflict,
+            agent: cfg.agent,
             max_file_size,
             config_file: config_file.to_path_buf(),
             config_line: cfg.line,
@@ -336,6 +340,7 @@ mod tests {
             reload: None,
             on_conflict: OnConflict::Overwrite,
             pods: PodsMode::All,
+            agent: true,
             line: 0,
         };
         Mapping::new(&cfg, &local.join("podloop.toml"), 100)

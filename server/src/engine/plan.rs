@@ -172,6 +172,7 @@ pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) ->
         remote_root: mapping.remote.clone(),
         entries: plan.entries,
         reload: mapping.reload.clone(),
+        agent: mapping.agent,
     };
     outcome.result = cluster.deliver(&target, batch).await.map(Some);
     let conflicts = match &outcome.result {

@@ -54,6 +54,9 @@ pub struct Upload {
     pub remote_root: Vec<u8>,
     pub entries: Vec<UploadEntry>,
     pub reload: Option<String>,
+    /// Whether a new warm session may be upgraded to the container agent
+    /// (`agent` in podloop.toml); false also retires an agent session.
+    pub agent: bool,
 }
 
 #[derive(Debug)]

@@ -287,6 +287,25 @@ impl SessionPool {
         self.len() == 0
     }
 
+    /// How many open sessions speak the agent's dialect, so tests can tell
+    /// the agent from the shell fallback (which gives the same results). A
+    /// session busy with a batch right now is not counted.
+    pub fn agent_sessions(&self) -> usize {
+        let map = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.values()
+            .filter(|slot| {
+                slot.try_lock().is_ok_and(|session| {
+                    session
+                        .as_ref()
+                        .is_some_and(|s| s.dialect == Dialect::Agent && s.exec.is_alive())
+                })
+            })
+            .count()
+    }
+
     /// Deliver through the warm session (opening it when needed); on any
     /// session trouble, discard it and deliver with a one-shot exec.
     pub async fn deliver(
@@ -299,11 +318,16 @@ impl SessionPool {
         let root = payload::check_root(&upload.remote_root)?;
         let slot = self.slot(key);
         let mut guard = slot.lock().await;
-        if guard.as_ref().is_some_and(|s| !s.exec.is_alive()) {
+        // `agent = false` (a config changed since the session opened) also
+        // ends an agent session: the next one stays a shell.
+        if guard
+            .as_ref()
+            .is_some_and(|s| !s.exec.is_alive() || (!upload.agent && s.dialect == Dialect::Agent))
+        {
             *guard = None;
         }
         if guard.is_none() {
-            let agent = self.agent_for(key);
+            let agent = self.agent_for(key).filter(|_| upload.agent);
             match Session::open(client, target, agent).await {
                 Ok(session) => {
                     if agent.is_some() && session.dialect() == Dialect::Shell {
