@@ -20,6 +20,7 @@ fn sample(value: &serde_json::Value, key: &str) -> String {
         "pods" => "\"first\"".into(),
         "batch_window_ms" => "5".into(),
         "max_file_size" => "\"1MB\"".into(),
+        "agent" => "false".into(),
         _ => {
             assert!(value.is_object(), "{key}");
             "\"x\"".into()

@@ -109,11 +109,11 @@ mod tests {
         let header = file_header(3, "00ff", "/app", "", b"a\nb c", None);
         assert_eq!(
             header,
-            b"F 3 00ff 26\n4:/app,0:,5:a\nb c,1:.,1:.,1:0,".to_vec()
+            b"F 3 00ff 30\n4:/app,0:,5:a\nb c,1:.,1:.,1:0,".to_vec()
         );
         assert_eq!(
             tar_header(1024, "00ff", "/app", "make"),
-            b"T 1024 00ff 13\n4:/app,4:make,".to_vec()
+            b"T 1024 00ff 14\n4:/app,4:make,".to_vec()
         );
     }
 
