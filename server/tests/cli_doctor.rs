@@ -118,6 +118,7 @@ async fn a_healthy_setup_passes_every_check_in_order() {
         "✓ api-1/app: has sh and tar",
         "✓ api-1/app: `/app` exists and is writable",
         "✓ api-1/app: reload command found (`kill`",
+        "✓ api-1/app: podloop's agent runs in the container: a save starts no process there",
         "✓ api-2/app: has sh and tar",
         "✓ api-2/app: `/app` exists and is writable",
         // busybox `df` answers nothing for `/app` in kubesim's chroot (its
@@ -125,6 +126,7 @@ async fn a_healthy_setup_passes_every_check_in_order() {
         "✓ api-2/app: ",
         " free under `/app`",
         "✓ api-2/app: reload command found (`kill`",
+        "✓ api-2/app: podloop's agent runs in the container",
         "all checks passed",
     ];
     let mut from = 0;
@@ -142,6 +144,29 @@ async fn a_healthy_setup_passes_every_check_in_order() {
         .filter(|n| n != ".keep")
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The agent tried out by the doctor deleted its own file.
+    let tmp: Vec<_> = std::fs::read_dir(root.join("tmp"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_false_is_a_note_not_a_failure() {
+    let c = cluster(vec![api_pod("api-1", Image::Busybox)]).await;
+    let ws = workspace("app=api", "/app", None);
+    let config = ws.path().join("podloop.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("agent = false\n{text}")).unwrap();
+    let out = doctor(ws.path(), &c.sim.kubeconfig_path()).await;
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("· api-1/app: `agent = false`: saves go through `sh`"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("agent runs"), "{}", out.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

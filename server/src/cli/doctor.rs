@@ -18,9 +18,11 @@ use kube::api::{Api, PostParams};
 use super::ClusterArgs;
 use crate::engine::config::Config;
 use crate::engine::PodSelector;
+use crate::transport::agent::Upgrade;
 use crate::transport::error::write_failure_hint;
 use crate::transport::exec::{Exec, ExitStatus};
 use crate::transport::remote::CONTAINER_TOOLS;
+use crate::transport::session::Session;
 use crate::transport::{
     pods, ContainerRef, ContextClient, KubeOptions, PodMatch, PodQuery, TransportError,
 };
@@ -68,6 +70,8 @@ pub enum Outcome {
     },
     /// Not run because an earlier check failed.
     Skipped,
+    /// Worth knowing, not a fault: podloop works, differently.
+    Note,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +95,13 @@ impl Check {
         }
     }
 
+    fn note(text: impl Into<String>) -> Check {
+        Check {
+            outcome: Outcome::Note,
+            text: text.into(),
+        }
+    }
+
     fn skipped(text: impl Into<String>) -> Check {
         Check {
             outcome: Outcome::Skipped,
@@ -109,6 +120,7 @@ impl Check {
             Outcome::Pass => format!("✓ {}", self.text),
             Outcome::Fail { fix } => format!("✗ {}\n    fix: {fix}", self.text),
             Outcome::Skipped => format!("- {} (skipped)", self.text),
+            Outcome::Note => format!("· {}", self.text),
         }
     }
 }
@@ -301,7 +313,37 @@ pub async fn run_checks(input: DoctorInput, report: &mut (dyn FnMut(Check) + Sen
             {
                 report(check);
             }
+            report(agent_check(&client, &container, mapping.agent, input.timeout).await);
         }
+    }
+}
+
+/// Whether saves into `target` go through podloop's agent or the shell.
+async fn agent_check(
+    client: &ContextClient,
+    target: &ContainerRef,
+    enabled: bool,
+    timeout: Duration,
+) -> Check {
+    let at = format!("{}/{}", target.pod, target.container);
+    if !enabled {
+        return Check::note(format!(
+            "{at}: `agent = false`: saves go through `sh` (a few processes per save in the container)"
+        ));
+    }
+    match within(timeout, Session::check_agent(client, target)).await {
+        Ok(Ok(Upgrade::Started)) => Check::pass(format!(
+            "{at}: podloop's agent runs in the container: a save starts no process there"
+        )),
+        Ok(Ok(Upgrade::Declined(why))) => Check::note(format!(
+            "{at}: podloop's agent cannot run here ({why}): saves go through `sh`, a few processes per save"
+        )),
+        Ok(Err(e)) => Check::note(format!(
+            "{at}: could not try podloop's agent ({e}): saves go through `sh`"
+        )),
+        Err(_) => Check::note(format!(
+            "{at}: podloop's agent gave no answer within {timeout:?}: saves go through `sh`"
+        )),
     }
 }
 

@@ -70,21 +70,46 @@ impl Session {
     ) -> Result<Session, TransportError> {
         let mut session = Session::open_shell(client, target).await?;
         if let Some(binary) = agent {
-            let nonce = payload::new_nonce();
-            session
-                .exec
-                .write(&agent::upgrade_request(binary, &nonce))
-                .await?;
-            session.exec.flush().await?;
-            let records = session.read_to_end_marker(target, &nonce).await?;
-            match agent::upgrade_answer(&records) {
-                Upgrade::Started => session.dialect = Dialect::Agent,
-                Upgrade::Declined(why) => {
-                    tracing::info!(pod = %target.pod, container = %target.container, %why, "no container agent: the shell session applies saves");
-                }
+            if let Upgrade::Declined(why) = session.upgrade(target, binary).await? {
+                tracing::info!(pod = %target.pod, container = %target.container, %why, "no container agent: the shell session applies saves");
             }
         }
         Ok(session)
+    }
+
+    /// Whether `target` runs podloop's agent: a session is opened, offered
+    /// the agent, and closed again (`podloop doctor`).
+    pub async fn check_agent(
+        client: &ContextClient,
+        target: &ContainerRef,
+    ) -> Result<Upgrade, TransportError> {
+        let Some(binary) = agent::binary() else {
+            return Ok(Upgrade::Declined(
+                "this podloop was built without it (no Rust target x86_64-unknown-linux-gnu at build time)".into(),
+            ));
+        };
+        let mut session = Session::open_shell(client, target).await?;
+        let upgrade = session.upgrade(target, binary).await;
+        session.exec.abort();
+        upgrade
+    }
+
+    async fn upgrade(
+        &mut self,
+        target: &ContainerRef,
+        binary: &[u8],
+    ) -> Result<Upgrade, TransportError> {
+        let nonce = payload::new_nonce();
+        self.exec
+            .write(&agent::upgrade_request(binary, &nonce))
+            .await?;
+        self.exec.flush().await?;
+        let records = self.read_to_end_marker(target, &nonce).await?;
+        let upgrade = agent::upgrade_answer(&records);
+        if upgrade == Upgrade::Started {
+            self.dialect = Dialect::Agent;
+        }
+        Ok(upgrade)
     }
 
     pub fn dialect(&self) -> Dialect {
