@@ -781,13 +781,7 @@ async fn a_session_applies_batch_after_batch_and_a_small_save_costs_four_process
     let bin = counting_bin(scratch.path(), &log);
     let root = scratch.path().join("app");
     let mut session = SessionShell::start(Shell::Host, scratch.path(), Some(&bin));
-    let spawned = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect::<Vec<_>>()
-    };
+    let spawned = || spawned_tools(&log);
 
     // The first batch creates the root; later ones are the steady state.
     let mut local = Local::new(scratch.path());
@@ -805,9 +799,7 @@ async fn a_session_applies_batch_after_batch_and_a_small_save_costs_four_process
             std::fs::read(root.join("main.rs")).unwrap(),
             format!("v{i}").as_bytes()
         );
-        let mut tools = spawned();
-        tools.sort();
-        assert_eq!(tools, ["dd", "mv", "rm", "tar"], "save {i}");
+        assert_eq!(spawned(), ["dd", "mv", "rm", "tar"], "save {i}");
         assert!(staging_folders(&root).is_empty());
     }
 
@@ -898,15 +890,7 @@ fn one_saved_file_takes_the_fast_path_dd_and_mv_only() {
     let bin = counting_bin(scratch.path(), &log);
     let root = scratch.path().join("app");
     let mut session = SessionShell::start(Shell::Host, scratch.path(), Some(&bin));
-    let spawned = || {
-        let mut tools: Vec<String> = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect();
-        tools.sort();
-        tools
-    };
+    let spawned = || spawned_tools(&log);
     // First save creates the root and a folder with a hostile name.
     let deep = b"new $(dir)/it's\nodd.rs";
     let report = remote::parse_deliver_output(&session.file(&root, deep, b"one\n", None)).unwrap();

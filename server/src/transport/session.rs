@@ -160,25 +160,28 @@ impl Session {
     ) -> Result<DeliverOutcome, TransportError> {
         let reload = upload.reload.as_deref().unwrap_or("");
         let nonce = &plan.nonce;
-        let header = match (&plan.single_file, self.dialect) {
-            (Some(path), Dialect::Shell) => remote::session_file_header(
-                plan.len,
-                nonce,
-                root,
-                reload,
-                path,
-                plan.single_expect.as_ref(),
-            ),
-            (Some(path), Dialect::Agent) => agent::file_header(
-                plan.len,
-                nonce,
-                root,
-                reload,
-                path,
-                plan.single_expect.as_ref(),
-            ),
-            (None, Dialect::Shell) => remote::session_header(plan.len, nonce, root, reload),
-            (None, Dialect::Agent) => agent::tar_header(plan.len, nonce, root, reload),
+        let header = match &plan.single_file {
+            Some(path) => {
+                let file_header = match self.dialect {
+                    Dialect::Shell => remote::session_file_header,
+                    Dialect::Agent => agent::file_header,
+                };
+                file_header(
+                    plan.len,
+                    nonce,
+                    root,
+                    reload,
+                    path,
+                    plan.single_expect.as_ref(),
+                )
+            }
+            None => {
+                let tar_header = match self.dialect {
+                    Dialect::Shell => remote::session_header,
+                    Dialect::Agent => agent::tar_header,
+                };
+                tar_header(plan.len, nonce, root, reload)
+            }
         };
         // Header, content and trailer go out together: a small batch is one
         // WebSocket frame.
