@@ -592,7 +592,7 @@ impl SessionShell {
         session
     }
 
-    /// Offers the agent, as `Session::open` does; on `Started` the session
+    /// Offers the agent, as `SessionPool::deliver` does; on `Started` the session
     /// speaks the agent's dialect from now on.
     fn upgrade(&mut self) -> Upgrade {
         let binary =

@@ -61,22 +61,6 @@ pub struct Session {
 }
 
 impl Session {
-    /// Opens a shell session and, when `agent` is given, upgrades it to
-    /// the agent if the container can run it.
-    pub async fn open(
-        client: &ContextClient,
-        target: &ContainerRef,
-        agent: Option<&[u8]>,
-    ) -> Result<Session, TransportError> {
-        let mut session = Session::open_shell(client, target).await?;
-        if let Some(binary) = agent {
-            if let Upgrade::Declined(why) = session.upgrade(target, binary).await? {
-                tracing::info!(pod = %target.pod, container = %target.container, %why, "no container agent: the shell session applies saves");
-            }
-        }
-        Ok(session)
-    }
-
     /// Whether `target` runs podloop's agent: a session is opened, offered
     /// the agent, and closed again (`podloop doctor`).
     pub async fn check_agent(
@@ -94,6 +78,8 @@ impl Session {
         upgrade
     }
 
+    /// Offers the agent to a shell session: on `Started` the session speaks
+    /// the agent's dialect from now on.
     async fn upgrade(
         &mut self,
         target: &ContainerRef,
@@ -300,6 +286,9 @@ impl SessionPool {
             .agent_failures
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Replaced pods and restarted containers are new instances: forget
+        // the old ones' counts, as `slot` forgets their sessions.
+        failures.retain(|k, _| k.target != key.target || k == key);
         let count = failures.entry(key.clone()).or_default();
         *count = count.saturating_add(times);
     }
@@ -355,25 +344,30 @@ impl SessionPool {
             *guard = None;
         }
         if guard.is_none() {
-            let agent = self.agent_for(key).filter(|_| upload.agent);
-            match Session::open(client, target, agent).await {
-                Ok(session) => {
-                    if agent.is_some() && session.dialect() == Dialect::Shell {
-                        // Declined: this container cannot run it; do not ask again.
-                        self.agent_failed(key, AGENT_FAILURES_TOLERATED);
-                    }
-                    *guard = Some(session)
-                }
+            let mut session = match Session::open_shell(client, target).await {
+                Ok(session) => session,
                 Err(e) if !e.is_transient() && !matches!(e, TransportError::Protocol { .. }) => {
                     return Err(e)
                 }
-                Err(_) => {
-                    if agent.is_some() {
-                        self.agent_failed(key, 1);
+                Err(_) => return ops::deliver(client, target, upload).await,
+            };
+            if let Some(binary) = self.agent_for(key).filter(|_| upload.agent) {
+                match session.upgrade(target, binary).await {
+                    Ok(Upgrade::Started) => {}
+                    Ok(Upgrade::Declined(why)) => {
+                        tracing::info!(pod = %target.pod, container = %target.container, %why, "no container agent: the shell session applies saves");
+                        // This container cannot run it: do not ask again.
+                        self.agent_failed(key, AGENT_FAILURES_TOLERATED);
                     }
-                    return ops::deliver(client, target, upload).await;
+                    Err(_) => {
+                        // The session is in an unknown state: drop it, and
+                        // let this batch take the one-shot path.
+                        self.agent_failed(key, 1);
+                        return ops::deliver(client, target, upload).await;
+                    }
                 }
             }
+            *guard = Some(session);
         }
         let session = guard.as_mut().expect("opened above");
         let plan = match payload::plan_single(&upload.entries)? {
