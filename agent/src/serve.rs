@@ -25,8 +25,10 @@ const HEADER_SIZE: usize = 40 * 1024;
 const SCRIPT_SIZE: usize = 32 * 1024;
 /// The reload command's output kept (its tail); podloop shows 2,000 chars.
 const RELOAD_OUTPUT_SIZE: usize = 16 * 1024;
-/// Room for ROOT/DIR/.podloop-NONCE with ROOT and the path at PATH_MAX each.
-const PATH_SIZE: usize = 8 * 1024 + 64;
+/// PATH_MAX: the kernel takes no longer path (ENAMETOOLONG), so neither
+/// does the agent. Kept at that: every path is built, zeroed and moved by
+/// value, and that copying was a third of a save's CPU at 8 KiB.
+const PATH_SIZE: usize = 4096;
 
 /// Exit codes, as the shell session's: 5 = the stream ended inside a batch.
 const CODE_CUT: i32 = 5;
@@ -259,8 +261,17 @@ fn state_of(path: &CPath, chunk: &mut [u8]) -> State {
     };
     let mut sha = Sha256::new();
     let mut size = 0u64;
+    // Up to the size `lstat` gave (no read just to meet the end): a file
+    // that grows meanwhile hashes as neither copy, a conflict, as it is.
     let state = loop {
-        match sys::read(fd, chunk) {
+        if size == stat.size {
+            break State::File {
+                sha: sha.finish_hex(),
+                size,
+            };
+        }
+        let want = ((stat.size - size) as usize).min(chunk.len());
+        match sys::read(fd, &mut chunk[..want]) {
             Ok(0) => {
                 break State::File {
                     sha: sha.finish_hex(),
@@ -316,24 +327,34 @@ fn make_dirs(path: &CPath) -> Result<(), MkdirFailure> {
     Ok(())
 }
 
-/// The first folder on the way from `root` down to `root/dir` that is a
-/// symbolic link in the container, relative to `root` (`link_in`).
-fn link_in<'a>(root: &[u8], dir: &'a [u8]) -> Option<&'a [u8]> {
+/// What lies on the way from `root` down to `root/dir` (`link_in`).
+enum Way<'a> {
+    /// This folder, relative to `root`, is a symbolic link in the container.
+    Link(&'a [u8]),
+    /// Every step is a folder: `root/dir` exists.
+    Folders,
+    /// A step is missing (or not a folder): `mkdir -p` will say which.
+    Missing,
+}
+
+fn way_down<'a>(root: &[u8], dir: &'a [u8]) -> Way<'a> {
     let mut end = 0;
     while end < dir.len() {
         end += dir[end..]
             .iter()
             .position(|b| *b == b'/')
             .unwrap_or(dir.len() - end);
-        let at = CPath::of(&[root, b"/", &dir[..end]])?;
+        let Some(at) = CPath::of(&[root, b"/", &dir[..end]]) else {
+            return Way::Missing;
+        };
         match lstat(&at) {
-            Ok(s) if s.mode & sys::S_IFMT == sys::S_IFLNK => return Some(&dir[..end]),
+            Ok(s) if s.mode & sys::S_IFMT == sys::S_IFLNK => return Way::Link(&dir[..end]),
             Ok(s) if s.mode & sys::S_IFMT == sys::S_IFDIR => {}
-            _ => return None,
+            _ => return Way::Missing,
         }
         end += 1;
     }
-    None
+    Way::Folders
 }
 
 fn link_refusal(out: &mut Out, path: &[u8], link: &[u8]) {
@@ -355,6 +376,7 @@ pub struct Agent {
     chunk: [u8; RELOAD_OUTPUT_SIZE],
     sh: *const u8,
     envp: *const *const u8,
+    umask: usize,
 }
 
 impl Agent {
@@ -369,6 +391,11 @@ impl Agent {
             chunk: [0; RELOAD_OUTPUT_SIZE],
             sh,
             envp,
+            umask: {
+                let mask = sys::umask(0o022);
+                sys::umask(mask);
+                mask
+            },
         }
     }
 
@@ -490,7 +517,8 @@ impl Agent {
         let mut dir = CPath::of(&[root]).expect("checked above");
         let mut refused = None;
         if let Some(parent) = parent {
-            if let Some(link) = link_in(root, parent) {
+            let way = way_down(root, parent);
+            if let Way::Link(link) = way {
                 if !self.skip_body(size, true) {
                     return CODE_CUT;
                 }
@@ -500,7 +528,7 @@ impl Agent {
                 return 0;
             }
             dir = CPath::of(&[root, b"/", parent]).expect("a prefix of dest");
-            if !is_dir(&dir) {
+            if matches!(way, Way::Missing) {
                 if let Err(failure) = make_dirs(&dir) {
                     refused = Some(failure);
                     dir = CPath::of(&[root]).expect("checked above");
@@ -530,8 +558,11 @@ impl Agent {
                 return 4;
             }
         };
-        // Exactly 0644 whatever the umask, as the shell session makes it.
-        let _ = sys::fchmod(fd, 0o644);
+        // Exactly 0644 whatever the umask, as the shell session makes it
+        // (a system call spared when the umask leaves 0644 alone).
+        if self.umask & 0o644 != 0 {
+            let _ = sys::fchmod(fd, 0o644);
+        }
         let mut write_error = None;
         let whole = self.input.pass(size, &mut |chunk: &[u8]| {
             if write_error.is_none() {

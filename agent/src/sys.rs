@@ -23,6 +23,7 @@ const SYS_FORK: usize = 57;
 const SYS_EXECVE: usize = 59;
 const SYS_WAIT4: usize = 61;
 const SYS_FCHMOD: usize = 91;
+const SYS_UMASK: usize = 95;
 const SYS_EXIT_GROUP: usize = 231;
 const SYS_OPENAT: usize = 257;
 const SYS_MKDIRAT: usize = 258;
@@ -156,10 +157,17 @@ pub fn fchmod(fd: usize, mode: usize) -> SysResult {
     unsafe { call(SYS_FCHMOD, fd, mode, 0, 0) }
 }
 
+/// Sets the file mode creation mask; returns the previous one.
+pub fn umask(mask: usize) -> usize {
+    // SAFETY: no memory arguments; umask cannot fail.
+    unsafe { raw(SYS_UMASK, mask, 0, 0, 0) as usize }
+}
+
 /// What the agent needs of `struct stat` (x86_64 layout).
 #[derive(Clone, Copy)]
 pub struct Stat {
     pub mode: u32,
+    pub size: u64,
 }
 
 pub const S_IFMT: u32 = 0o170000;
@@ -183,8 +191,9 @@ pub fn stat(path: &[u8], follow: bool) -> Result<Stat, Errno> {
         )?;
     }
     Ok(Stat {
-        // st_mode sits at byte 24.
+        // st_mode sits at byte 24, st_size at byte 48.
         mode: raw_stat[3] as u32,
+        size: raw_stat[6],
     })
 }
 
