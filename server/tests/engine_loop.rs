@@ -206,10 +206,19 @@ impl Cluster for Fake {
                 }
             }
             match &entry.op {
-                Op::Put { local, mode, .. } => {
-                    let content = std::fs::read(local).map_err(|e| {
-                        ClusterError::Permanent(format!("cannot read {}: {e}", local.display()))
-                    })?;
+                Op::Put {
+                    local,
+                    mode,
+                    content,
+                    ..
+                } => {
+                    // As the transport does: the bytes planning read, else the disk.
+                    let content = match content {
+                        Some(bytes) => bytes.0.to_vec(),
+                        None => std::fs::read(local).map_err(|e| {
+                            ClusterError::Permanent(format!("cannot read {}: {e}", local.display()))
+                        })?,
+                    };
                     bytes += content.len() as u64;
                     recorded.entries.push((name, Some(content.clone())));
                     files.insert(path, Remote::File(content, mode & 0o111 != 0));
@@ -869,6 +878,29 @@ async fn an_ordinary_save_checks_what_it_replaces_and_skip_keeps_the_pods_copy()
     h.quiescent().await;
     assert_eq!(content(h.fake.file("p1", "a.txt")), "edited in a shell");
     assert_eq!(content(h.fake.file("p2", "a.txt")), "ours v3");
+}
+
+#[tokio::test]
+async fn what_is_sent_is_what_was_hashed_so_a_file_changed_before_the_send_is_no_false_conflict() {
+    let config = CONFIG.replace("reload = \"kill -HUP 1\"", "on_conflict = \"skip\"");
+    let mut h = Harness::with_config(&["p1"], &config, false).await;
+    h.save("a.txt", "v1");
+    h.quiescent().await;
+    // Planned (and hashed) as v2, then rewritten before the batch goes out.
+    h.fake.hold();
+    h.save("a.txt", "v2");
+    h.fake.wait_started(2).await;
+    h.write("a.txt", "v3 written while v2 was on its way");
+    h.fake.release();
+    h.quiescent().await;
+    assert_eq!(content(h.fake.file("p1", "a.txt")), "v2");
+    // podloop's record and the pod agree, so the next save is no conflict
+    // (were v3 sent under v2's hash, this would be skipped as one).
+    h.save("a.txt", "v4");
+    h.quiescent().await;
+    h.drain();
+    assert_eq!(content(h.fake.file("p1", "a.txt")), "v4");
+    assert_eq!(h.problems_for(&h.path("a.txt")).unwrap_or_default(), vec![]);
 }
 
 #[tokio::test]

@@ -123,6 +123,7 @@ impl<'a> BatchBuilder<'a> {
                 size: content.len() as u64,
                 mode: if executable { 0o755 } else { 0o644 },
                 expect: None,
+                content: None,
             },
         });
         self

@@ -201,11 +201,13 @@ fn upload_entry(entry: Entry) -> UploadEntry {
                 local,
                 mode,
                 expect,
+                content,
                 ..
             } => UploadOp::Put {
                 local,
                 mode,
                 expect: expect.map(expectation),
+                content: content.map(|c| c.0),
             },
             Op::Symlink { target } => UploadOp::Symlink { target },
             Op::Delete { expect } => UploadOp::Delete {

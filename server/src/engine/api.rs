@@ -284,6 +284,11 @@ pub enum Op {
         /// What the target should hold there now; the container checks it
         /// before replacing the file and reports a [`RemoteChange`] if not.
         expect: Option<Expected>,
+        /// The bytes planning read and hashed, for a small file: sent as
+        /// they are, so what podloop records as written is exactly what the
+        /// container gets (the file may change again meanwhile: that is the
+        /// next batch), and the file is read once, not once more per send.
+        content: Option<Content>,
     },
     Symlink {
         target: Vec<u8>,
@@ -293,6 +298,16 @@ pub enum Op {
     Delete {
         expect: Option<Expected>,
     },
+}
+
+/// A small file's bytes, shared by every target's batch of one save.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Content(pub std::sync::Arc<[u8]>);
+
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Content({} bytes)", self.0.len())
+    }
 }
 
 /// What the engine believes a target holds at a path a `Put` replaces or a

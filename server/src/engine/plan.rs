@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::api::{
-    Batch, Cluster, ClusterError, Delivery, Entry, Expected, Manifest, ManifestEntry, Op, RelPath,
-    RemoteChange, RemoteHolds, Target,
+    Batch, Cluster, ClusterError, Content, Delivery, Entry, Expected, Manifest, ManifestEntry, Op,
+    RelPath, RemoteChange, RemoteHolds, Target,
 };
 use super::config::OnConflict;
 use super::mapping::{link_escapes, LocalKind, Mapping};
@@ -400,8 +400,8 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                     continue;
                 }
                 let local_path = m.local_path(&rel);
-                let sha256 = match hash_file(&local_path) {
-                    Ok(h) => h,
+                let (sha256, content) = match read_and_hash(&local_path, size) {
+                    Ok(read) => read,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         // Deleted between the event and now: a later event
                         // (or the next full sync) carries the delete.
@@ -476,6 +476,7 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                         size,
                         mode,
                         expect,
+                        content,
                     },
                 });
                 p.after.push((rel, held));
@@ -566,6 +567,25 @@ fn plan_remote_deletes(req: &BatchRequest, manifest: &Manifest, p: &mut Plan) {
         });
         p.after.push((rel, Held::Absent));
     }
+}
+
+/// Files up to this size are kept in memory from planning to sending.
+const KEPT_CONTENT: u64 = 64 * 1024;
+
+/// The file's sha256, and its bytes when it is small (`size` is what the
+/// walk saw; the bytes are what is there now).
+fn read_and_hash(
+    path: &std::path::Path,
+    size: u64,
+) -> std::io::Result<([u8; 32], Option<Content>)> {
+    if size <= KEPT_CONTENT {
+        let bytes = std::fs::read(path)?;
+        if bytes.len() as u64 <= KEPT_CONTENT {
+            let sha = Sha256::digest(&bytes).into();
+            return Ok((sha, Some(Content(bytes.into()))));
+        }
+    }
+    Ok((hash_file(path)?, None))
 }
 
 pub(crate) fn hash_file(path: &std::path::Path) -> std::io::Result<[u8; 32]> {

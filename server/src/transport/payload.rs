@@ -3,6 +3,7 @@
 //! disk while it is written, so a 200 MB file never sits in memory.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 
@@ -18,6 +19,10 @@ pub enum UploadOp {
         mode: u32,
         /// Check the container's copy before replacing it (conflicts).
         expect: Option<Expect>,
+        /// The bytes to send, when the caller already read them (the
+        /// engine does for small files: they are what it hashed); `None`:
+        /// read `local` now.
+        content: Option<Arc<[u8]>>,
     },
     Symlink {
         target: Vec<u8>,
@@ -62,7 +67,12 @@ pub struct Upload {
 #[derive(Debug)]
 pub enum Piece {
     Bytes(Vec<u8>),
-    File { local: PathBuf, size: u64 },
+    /// A file's bytes read before planning, shared by every target's batch.
+    Shared(Arc<[u8]>),
+    File {
+        local: PathBuf,
+        size: u64,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -223,28 +233,26 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
                 local,
                 mode,
                 expect,
+                content,
             } => {
                 if let Some(expect) = expect {
                     payload.checks.push((entry.path.clone(), *expect));
                 }
                 let mode = *mode;
-                let content = match read_local(local, &mut inline_left) {
+                let content = match local_piece(local, content, &mut inline_left) {
                     Ok(content) => content,
                     Err(reason) => {
                         payload.local_failures.push((entry.path.clone(), reason));
                         continue;
                     }
                 };
-                let size = match &content {
-                    Piece::Bytes(b) => b.len() as u64,
-                    Piece::File { size, .. } => *size,
-                };
+                let size = content.len();
                 let mut header =
                     tarstream::member_header(&name, HeaderKind::File { mode }, size, b"");
                 let pad = tarstream::padding(size) as usize;
                 match content {
-                    Piece::Bytes(bytes) => {
-                        header.extend_from_slice(&bytes);
+                    Piece::Bytes(_) | Piece::Shared(_) => {
+                        header.extend_from_slice(content.in_memory().expect("bytes"));
                         header.resize(header.len() + pad, 0);
                         members.push(Piece::Bytes(header));
                     }
@@ -331,13 +339,14 @@ pub fn plan_single(entries: &[UploadEntry]) -> Result<Option<Payload>, Transport
         local,
         mode: 0o644,
         expect,
+        content,
     } = &entry.op
     else {
         return Ok(None);
     };
     check_relative(&entry.path)?;
     let mut budget = INLINE_BUDGET;
-    let Ok(content) = read_local(local, &mut budget) else {
+    let Ok(content) = local_piece(local, content, &mut budget) else {
         // The tar path reports the unreadable file.
         return Ok(None);
     };
@@ -384,11 +393,42 @@ fn push_records(out: &mut Vec<u8>, letter: u8, folder: Option<&[u8]>, words: &[&
 
 impl Payload {
     fn push(&mut self, piece: Piece) {
-        self.len += match &piece {
-            Piece::Bytes(b) => b.len() as u64,
-            Piece::File { size, .. } => *size,
-        };
+        self.len += piece.len();
         self.pieces.push(piece);
+    }
+}
+
+impl Piece {
+    pub fn len(&self) -> u64 {
+        match self {
+            Piece::Bytes(b) => b.len() as u64,
+            Piece::Shared(b) => b.len() as u64,
+            Piece::File { size, .. } => *size,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn in_memory(&self) -> Option<&[u8]> {
+        match self {
+            Piece::Bytes(b) => Some(b),
+            Piece::Shared(b) => Some(b),
+            Piece::File { .. } => None,
+        }
+    }
+}
+
+/// A file's bytes: the ones already read, else from disk now.
+fn local_piece(
+    local: &std::path::Path,
+    content: &Option<Arc<[u8]>>,
+    inline_left: &mut u64,
+) -> Result<Piece, String> {
+    match content {
+        Some(bytes) => Ok(Piece::Shared(bytes.clone())),
+        None => read_local(local, inline_left),
     }
 }
 
@@ -446,6 +486,7 @@ pub async fn stream<S: ByteSink>(pieces: &[Piece], sink: &mut S) -> Result<(), T
     for piece in pieces {
         match piece {
             Piece::Bytes(bytes) => sink.write(bytes).await?,
+            Piece::Shared(bytes) => sink.write(bytes).await?,
             Piece::File { local, size } => {
                 let changed = |detail: String| TransportError::LocalChanged {
                     path: local.clone(),
