@@ -158,7 +158,7 @@ impl Local {
         std::fs::write(&local, content).unwrap();
         // Every other file comes with its bytes already read, as the engine
         // hands small files over; the rest are read from disk.
-        let read_already = self.entries.len() % 2 == 0;
+        let read_already = self.entries.len().is_multiple_of(2);
         self.entries.push(UploadEntry {
             path: rel.to_vec(),
             op: UploadOp::Put {
