@@ -700,11 +700,15 @@ impl Agent {
         // Closing the pipe on a cut stream is safe: the script applies
         // nothing without the batch's end marker.
         sys::close(child.stdin);
-        let code = sys::wait(child.pid);
-        if !whole {
-            return CODE_CUT;
+        // The script's exit code is in its records already; whatever it
+        // was, the agent read exactly the batch, so it goes on unless its
+        // own stdin was cut.
+        let _ = sys::wait(child.pid);
+        if whole {
+            0
+        } else {
+            CODE_CUT
         }
-        code
     }
 
     /// Starts `argv` with stdin a new pipe (returned) and stdout/stderr the
