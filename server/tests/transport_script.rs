@@ -781,10 +781,8 @@ fn counting_bin(dir: &Path, log: &Path) -> PathBuf {
 #[tokio::test]
 async fn a_session_applies_batch_after_batch_and_a_small_save_costs_four_processes() {
     let scratch = tempfile::tempdir().unwrap();
-    let log = scratch.path().join("spawned");
-    let bin = counting_bin(scratch.path(), &log);
+    let (mut session, log) = counting_session(scratch.path());
     let root = scratch.path().join("app");
-    let mut session = SessionShell::start(Shell::Host, scratch.path(), Some(&bin));
     let spawned = || spawned_tools(&log);
 
     // The first batch creates the root; later ones are the steady state.
@@ -890,10 +888,8 @@ async fn a_session_survives_an_unwritable_root_and_keeps_reading_in_step() {
 #[test]
 fn one_saved_file_takes_the_fast_path_dd_and_mv_only() {
     let scratch = tempfile::tempdir().unwrap();
-    let log = scratch.path().join("spawned");
-    let bin = counting_bin(scratch.path(), &log);
+    let (mut session, log) = counting_session(scratch.path());
     let root = scratch.path().join("app");
-    let mut session = SessionShell::start(Shell::Host, scratch.path(), Some(&bin));
     let spawned = || spawned_tools(&log);
     // First save creates the root and a folder with a hostile name.
     let deep = b"new $(dir)/it's\nodd.rs";
@@ -935,7 +931,7 @@ fn one_saved_file_takes_the_fast_path_dd_and_mv_only() {
     // A cut inside the content or before the nonce line: nothing changes.
     for cut in [3, 700] {
         let before = std::fs::read(root.join("main.rs")).unwrap();
-        let mut session = SessionShell::start(Shell::Host, scratch.path(), Some(&bin));
+        let (mut session, _) = counting_session(scratch.path());
         let out = session.file(&root, b"main.rs", &[b'n'; 700], Some(cut));
         let report = remote::parse_deliver_output(&out).unwrap();
         assert!(
@@ -1383,6 +1379,14 @@ async fn a_delete_checks_the_file_it_removes_and_skip_keeps_a_changed_one() {
     }
 }
 
+/// A session under dash and GNU tools whose PATH logs every process it
+/// starts (see [`counting_bin`]), and that log.
+fn counting_session(scratch: &Path) -> (SessionShell, PathBuf) {
+    let log = scratch.join("spawned");
+    let bin = counting_bin(scratch, &log);
+    (SessionShell::start(Shell::Host, scratch, Some(&bin)), log)
+}
+
 /// The tools logged in `log` by [`counting_bin`], sorted.
 fn spawned_tools(log: &Path) -> Vec<String> {
     let mut tools: Vec<String> = std::fs::read_to_string(log)
@@ -1397,11 +1401,8 @@ fn spawned_tools(log: &Path) -> Vec<String> {
 #[tokio::test]
 async fn a_one_file_save_through_the_agent_starts_no_process_and_a_tar_batch_still_works() {
     let scratch = tempfile::tempdir().unwrap();
-    let log = scratch.path().join("spawned");
-    let bin = counting_bin(scratch.path(), &log);
+    let (mut session, log) = counting_session(scratch.path());
     let root = scratch.path().join("app");
-    // dash and GNU tools, so every process started through PATH is counted.
-    let mut session = SessionShell::start(Shell::Host, scratch.path(), Some(&bin));
     assert_eq!(session.upgrade(), Upgrade::Started);
     // The upgrade's own cost, once per session (the probe runs by path).
     assert_eq!(spawned_tools(&log), ["chmod", "dd", "uname"]);
