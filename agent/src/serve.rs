@@ -499,9 +499,12 @@ impl Agent {
             if !self.skip_body(size, true) {
                 return CODE_CUT;
             }
-            self.out.field(&[b"S"]);
-            self.out.field(&[b"the path is too long"]);
-            return 4;
+            self.out.field(&[b"F"]);
+            self.out.field(&[path]);
+            self.out.field(&[b"the path is too long (PATH_MAX)"]);
+            self.run_reload(reload);
+            self.out.field(&[b"K"]);
+            return 0;
         };
         if !is_dir(&root_path) {
             if let Err(failure) = make_dirs(&root_path) {
@@ -536,7 +539,16 @@ impl Agent {
             }
         }
         let Some(tmp) = CPath::of(&[dir.bytes(), b"/.podloop-", nonce]) else {
-            return protocol_error(b"a nonce too long");
+            if !self.skip_body(size, true) {
+                return CODE_CUT;
+            }
+            self.out.field(&[b"F"]);
+            self.out.field(&[path]);
+            self.out
+                .field(&[b"the path is too long for a temporary file beside it (PATH_MAX)"]);
+            self.run_reload(reload);
+            self.out.field(&[b"K"]);
+            return 0;
         };
         let fd = match sys::open(
             tmp.c(),

@@ -1733,3 +1733,37 @@ async fn hostile_names_arrive_intact_in_every_session() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_path_too_long_for_its_temporary_file_is_refused_and_the_session_stays_in_step() {
+    for shell in SESSION_SHELLS {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("root");
+        let mut session = SessionShell::start(shell, scratch.path(), None);
+        // Folders up to 4,080 bytes with the root, then `f.txt`: the file's
+        // path fits in PATH_MAX (4,095 bytes), `.podloop-NONCE` beside it
+        // (26 bytes) does not.
+        let folders_len = 4080 - root.as_os_str().len() - 1;
+        let mut long = Vec::new();
+        while long.len() < folders_len {
+            let segment = (folders_len - long.len() - 1).min(200);
+            long.extend(std::iter::repeat_n(b'd', segment));
+            long.push(b'/');
+        }
+        long.extend_from_slice(b"f.txt");
+        let out = session.file(&root, &long, b"long", None);
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(
+            report.staging_failed.is_some() || report.failed.len() == 1,
+            "{shell:?}: {report:?}"
+        );
+        // The next save on the same session lands: stdin is still in step.
+        let out = session.file(&root, b"after.txt", b"after", None);
+        let report = remote::parse_deliver_output(&out).unwrap();
+        assert!(
+            report.complete && report.failed.is_empty(),
+            "{shell:?}: {report:?}"
+        );
+        assert_eq!(std::fs::read(root.join("after.txt")).unwrap(), b"after");
+    }
+}

@@ -288,8 +288,10 @@ esac
 if [ ! -d "$dir" ] && ! refused=$(mkdir -p -- "$dir" 2>&1); then dir=$root; fi
 tmp=$dir/.podloop-$nonce
 umask 022
-if ! { : >"$tmp"; } 2>/dev/null; then
-  err=$({ : >"$tmp"; } 2>&1); umask "$mask"
+# `true`, not `:`: a failed redirection of a special builtin such as `:`
+# ends a non-interactive shell (the whole session), of a regular one not.
+if ! { true >"$tmp"; } 2>/dev/null; then
+  err=$({ true >"$tmp"; } 2>&1); umask "$mask"
   take "$size" >/dev/null; read -r got
   printf 'S\0%s\0' "$err"; return 4
 fi
