@@ -370,9 +370,11 @@ exit "$code"
 /// handshake and process. Each batch is one header line
 /// `KIND SIZE NONCE 'ROOT' 'RELOAD' ['PATH']` (words as [`sh_word`]s): kind
 /// `T` is followed by a tar of SIZE bytes for `apply`, kind `F` by one
-/// file's SIZE bytes and a line with the nonce for `put_one`. The answer is
-/// the usual records followed by `E\0NONCE\0` (the nonce makes the end
-/// marker unforgeable by a name).
+/// file's SIZE bytes and a line with the nonce for `put_one`, kind `A` by
+/// the agent to start in the shell's place (`agent_start`), kind `I` by
+/// SIZE bytes meant for the agent, read past when the shell stayed. The
+/// answer is the usual records followed by `E\0NONCE\0` (the nonce makes
+/// the end marker unforgeable by a name); `I` has none.
 pub fn session_script() -> String {
     format!(
         "{PRELUDE}{CHECKS}{APPLY}{PUT_ONE}{AGENT_START}\n{}",
