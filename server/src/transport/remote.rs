@@ -15,7 +15,9 @@
 //! `M tool` (missing tool), `S message` (staging folder not creatable),
 //! `T message` (stream ended early), `X message` (tar failed),
 //! `F path message` (one entry refused), `O output` and `R code` (reload),
-//! `K` (batch complete).
+//! `C path now size skipped` (conflict), `H lines` (hashes of a batch's
+//! checked files), `W path message` (a write failed), `K` (batch complete);
+//! to an agent upgrade `A` (the agent runs) or `N why` (the shell stays).
 
 use super::payload::Expect;
 
