@@ -357,16 +357,6 @@ fn way_down<'a>(root: &[u8], dir: &'a [u8]) -> Way<'a> {
     Way::Folders
 }
 
-fn link_refusal(out: &mut Out, path: &[u8], link: &[u8]) {
-    out.field(&[b"F"]);
-    out.field(&[path]);
-    out.field(&[
-        b"`",
-        link,
-        b"` is a symbolic link in the container; podloop does not write through links (make it a folder, or exclude the path)",
-    ]);
-}
-
 pub struct Agent {
     input: Input,
     out: Out,
@@ -478,6 +468,21 @@ impl Agent {
         !nonce_line || self.input.line(&mut line).is_some()
     }
 
+    /// One file refused before anything was written: its body is read past
+    /// (stdin stays in step), an `F` record says why, and the batch is
+    /// otherwise complete (the reload runs, as the shell session does).
+    fn refuse(&mut self, size: u64, path: &[u8], reason: &[&[u8]], reload: &[u8]) -> i32 {
+        if !self.skip_body(size, true) {
+            return CODE_CUT;
+        }
+        self.out.field(&[b"F"]);
+        self.out.field(&[path]);
+        self.out.field(reason);
+        self.run_reload(reload);
+        self.out.field(&[b"K"]);
+        0
+    }
+
     /// `put_one` of the shell session: the file's bytes go to
     /// `.podloop-NONCE` beside the destination and are renamed into place
     /// once the nonce line proves the body whole. 0 = done (maybe with `F`
@@ -496,15 +501,7 @@ impl Agent {
     ) -> i32 {
         let (Some(root_path), Some(dest)) = (CPath::of(&[root]), CPath::of(&[root, b"/", path]))
         else {
-            if !self.skip_body(size, true) {
-                return CODE_CUT;
-            }
-            self.out.field(&[b"F"]);
-            self.out.field(&[path]);
-            self.out.field(&[b"the path is too long (PATH_MAX)"]);
-            self.run_reload(reload);
-            self.out.field(&[b"K"]);
-            return 0;
+            return self.refuse(size, path, &[b"the path is too long (PATH_MAX)"], reload);
         };
         if !is_dir(&root_path) {
             if let Err(failure) = make_dirs(&root_path) {
@@ -522,13 +519,12 @@ impl Agent {
         if let Some(parent) = parent {
             let way = way_down(root, parent);
             if let Way::Link(link) = way {
-                if !self.skip_body(size, true) {
-                    return CODE_CUT;
-                }
-                link_refusal(&mut self.out, path, link);
-                self.run_reload(reload);
-                self.out.field(&[b"K"]);
-                return 0;
+                let reason: [&[u8]; 3] = [
+                    b"`",
+                    link,
+                    b"` is a symbolic link in the container; podloop does not write through links (make it a folder, or exclude the path)",
+                ];
+                return self.refuse(size, path, &reason, reload);
             }
             dir = CPath::of(&[root, b"/", parent]).expect("a prefix of dest");
             if matches!(way, Way::Missing) {
@@ -539,16 +535,9 @@ impl Agent {
             }
         }
         let Some(tmp) = CPath::of(&[dir.bytes(), b"/.podloop-", nonce]) else {
-            if !self.skip_body(size, true) {
-                return CODE_CUT;
-            }
-            self.out.field(&[b"F"]);
-            self.out.field(&[path]);
-            self.out
-                .field(&[b"the path is too long for a temporary file beside it (PATH_MAX)"]);
-            self.run_reload(reload);
-            self.out.field(&[b"K"]);
-            return 0;
+            let reason: [&[u8]; 1] =
+                [b"the path is too long for a temporary file beside it (PATH_MAX)"];
+            return self.refuse(size, path, &reason, reload);
         };
         let fd = match sys::open(
             tmp.c(),

@@ -250,18 +250,15 @@ pub fn plan(entries: &[UploadEntry]) -> Result<Payload, TransportError> {
                 let mut header =
                     tarstream::member_header(&name, HeaderKind::File { mode }, size, b"");
                 let pad = tarstream::padding(size) as usize;
-                match content {
-                    Piece::Bytes(_) | Piece::Shared(_) => {
-                        header.extend_from_slice(content.in_memory().expect("bytes"));
-                        header.resize(header.len() + pad, 0);
-                        members.push(Piece::Bytes(header));
-                    }
-                    file => {
-                        members.push(Piece::Bytes(header));
-                        members.push(file);
-                        if pad > 0 {
-                            members.push(Piece::Bytes(vec![0; pad]));
-                        }
+                if let Some(bytes) = content.in_memory() {
+                    header.extend_from_slice(bytes);
+                    header.resize(header.len() + pad, 0);
+                    members.push(Piece::Bytes(header));
+                } else {
+                    members.push(Piece::Bytes(header));
+                    members.push(content);
+                    if pad > 0 {
+                        members.push(Piece::Bytes(vec![0; pad]));
                     }
                 }
             }
@@ -399,16 +396,12 @@ impl Payload {
 }
 
 impl Piece {
-    pub fn len(&self) -> u64 {
+    fn len(&self) -> u64 {
         match self {
             Piece::Bytes(b) => b.len() as u64,
             Piece::Shared(b) => b.len() as u64,
             Piece::File { size, .. } => *size,
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn in_memory(&self) -> Option<&[u8]> {
