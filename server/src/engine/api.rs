@@ -300,7 +300,7 @@ pub enum Op {
     },
 }
 
-/// A small file's bytes, shared by every target's batch of one save.
+/// A small file's bytes as planning read them (cheap to clone into a batch).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Content(pub std::sync::Arc<[u8]>);
 

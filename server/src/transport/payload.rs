@@ -67,7 +67,7 @@ pub struct Upload {
 #[derive(Debug)]
 pub enum Piece {
     Bytes(Vec<u8>),
-    /// A file's bytes read before planning, shared by every target's batch.
+    /// A file's bytes read while planning: sent as they are, not read again.
     Shared(Arc<[u8]>),
     File {
         local: PathBuf,
