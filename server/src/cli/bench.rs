@@ -551,15 +551,16 @@ impl LandingWatch {
         })
     }
 
-    /// Until every file holds `content`. A file is read again only when an
-    /// event names it, or every `RECHECK` should an event be lost.
+    /// Until every file holds `content`, which must be new to all of them
+    /// (each save's content is distinct): a file is read only when an event
+    /// names it, or every `RECHECK` should an event be lost. Reading every
+    /// pod's copy up front would put ten reads on the two cores just when
+    /// the save is on its way.
     async fn wait_all_hold(&mut self, timeout: Duration, content: &[u8]) -> anyhow::Result<()> {
         use futures::StreamExt;
         const RECHECK: Duration = Duration::from_millis(50);
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pending: Vec<usize> = (0..self.files.len())
-            .filter(|i| !holds(&self.files[*i].2, content))
-            .collect();
+        let mut pending: Vec<usize> = (0..self.files.len()).collect();
         while let Some(&first) = pending.first() {
             if tokio::time::Instant::now() >= deadline {
                 bail!(

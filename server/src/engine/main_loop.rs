@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::api::*;
 use super::config::{self, Config, ConfigErrors, PodsMode};
+use super::local_reads::LocalReads;
 use super::mapping::Mapping;
 use super::plan::{run_batch, BatchKind, BatchOutcome, BatchRequest, Held, Note};
 use super::EngineHandle;
@@ -30,6 +31,9 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// How long to let a local write finish before re-sending a batch that
 /// caught a file mid-write.
 const LOCAL_WRITE_SETTLE: Duration = Duration::from_millis(20);
+/// How long a status that only changes target lines may wait for the rest
+/// of its wave (see `publish_status`).
+const STATUS_HOLD: Duration = Duration::from_millis(100);
 
 type MappingId = u64;
 
@@ -242,6 +246,8 @@ pub(crate) struct MainLoop<C: Cluster> {
     outside_reported: HashSet<PathBuf>,
     mapped_folders: Vec<PathBuf>,
     last_status: Option<Status>,
+    /// Since when a changed status has not been published (`publish_status`).
+    status_held_since: Option<Instant>,
     next_id: u64,
     /// Batches still running for targets that were removed (pod not Ready,
     /// replaced, mapping changed). A target that comes back under the same
@@ -279,6 +285,7 @@ pub(crate) fn start<C: Cluster>(
         outside_reported: HashSet::new(),
         mapped_folders: Vec::new(),
         last_status: None,
+        status_held_since: None,
         next_id: 1,
         draining: HashMap::new(),
     };
@@ -1075,6 +1082,9 @@ impl<C: Cluster> MainLoop<C> {
             return;
         }
         let now = Instant::now();
+        // The replicas of a mapping that start together plan the same saved
+        // files: they read them once.
+        let reads = Arc::new(LocalReads::shared());
         let keys: Vec<TargetKey> = self.targets.keys().cloned().collect();
         for key in keys {
             let Some(m) = self.mappings.get(&key.mapping) else {
@@ -1146,6 +1156,7 @@ impl<C: Cluster> MainLoop<C> {
                 kind,
                 force_reload: reload,
                 overwrite: t.overwrite.clone(),
+                reads: reads.clone(),
             };
             let batch_id = self.id();
             let progress = if kind != BatchKind::Changes || paths.len() >= LARGE_BATCH {
@@ -1869,9 +1880,32 @@ impl<C: Cluster> MainLoop<C> {
         };
         if let Some(last) = &self.last_status {
             if comparable(last) == comparable(&status) {
+                self.status_held_since = None;
                 return;
             }
+            // A save to ten replicas would otherwise be eleven statuses of
+            // ten target lines each, as each replica finishes: while batches
+            // are still running and only target lines changed, the status
+            // waits for the wave's last batch (the summary then changes), or
+            // for STATUS_HOLD should one batch take long.
+            let summary =
+                |s: &Status| (s.health, s.state, s.quiescent, s.pending, s.message.clone());
+            if status.state == EngineState::Syncing && summary(last) == summary(&status) {
+                let now = Instant::now();
+                let since = match self.status_held_since {
+                    Some(since) => since,
+                    None => {
+                        self.status_held_since = Some(now);
+                        self.wake_at(now + STATUS_HOLD);
+                        now
+                    }
+                };
+                if now.duration_since(since) < STATUS_HOLD {
+                    return;
+                }
+            }
         }
+        self.status_held_since = None;
         status.targets.sort_by(|a, b| {
             (&a.mapping, &a.pod, &a.container).cmp(&(&b.mapping, &b.pod, &b.container))
         });

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+mod local_reads;
 mod main_loop;
 pub mod mapping;
 mod plan;

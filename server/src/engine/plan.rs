@@ -3,17 +3,15 @@
 //! waits on any of this; it gets a [`BatchOutcome`] message.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 use super::api::{
-    Batch, Cluster, ClusterError, Content, Delivery, Entry, Expected, Manifest, ManifestEntry, Op,
-    RelPath, RemoteChange, RemoteHolds, Target,
+    Batch, Cluster, ClusterError, Delivery, Entry, Expected, Manifest, ManifestEntry, Op, RelPath,
+    RemoteChange, RemoteHolds, Target,
 };
 use super::config::OnConflict;
+use super::local_reads::LocalReads;
 use super::mapping::{link_escapes, LocalKind, Mapping};
 
 /// What podloop believes a target holds at a path (what it last wrote, or
@@ -46,6 +44,8 @@ pub(crate) struct BatchRequest {
     pub force_reload: bool,
     /// Send these over whatever the container holds: no conflict check.
     pub overwrite: BTreeSet<RelPath>,
+    /// Shared by the targets dispatched together (see `run_batch`).
+    pub reads: Arc<LocalReads>,
 }
 
 /// Why a path was not sent, when the user should hear about it.
@@ -116,16 +116,22 @@ pub(crate) async fn run_batch<C: Cluster>(cluster: Arc<C>, req: BatchRequest) ->
     // unless it is a few saved files (a folder may hold thousands): then the
     // hop to the blocking pool (two thread wake-ups per target) costs more
     // than the reads themselves.
+    // Such a batch also shares what it reads with the other targets
+    // dispatched with it; a larger one reads for itself, or all of a
+    // tree's small files would stay in memory until the last target planned.
     let small = kind == BatchKind::Changes
         && req.paths.len() <= INLINE_PLAN_PATHS
-        && req
-            .paths
-            .iter()
-            .all(|p| !req.mapping.local_path(p).is_dir());
+        && req.paths.iter().all(|p| {
+            !matches!(
+                req.reads.inspect(&req.mapping.local_path(p)),
+                Ok(LocalKind::Dir)
+            )
+        });
     let planned = if small {
-        Ok(plan(&req, manifest.as_ref()))
+        Ok(plan(&req, manifest.as_ref(), &req.reads))
     } else {
-        tokio::task::spawn_blocking(move || plan(&req, manifest.as_ref())).await
+        tokio::task::spawn_blocking(move || plan(&req, manifest.as_ref(), &LocalReads::direct()))
+            .await
     };
     let plan = match planned {
         Ok(p) => p,
@@ -264,7 +270,7 @@ struct Plan {
     bytes: u64,
 }
 
-fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
+fn plan(req: &BatchRequest, manifest: Option<&Manifest>, reads: &LocalReads) -> Plan {
     let mut p = Plan {
         entries: Vec::new(),
         after: Vec::new(),
@@ -285,11 +291,11 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
         }
     }
     for rel in &req.paths {
-        if m.through_symlink(rel) {
+        if reads.through_symlink(m, rel) {
             p.notes.push((rel.clone(), Note::ThroughLink));
             continue;
         }
-        match m.inspect(rel) {
+        match reads.inspect(&m.local_path(rel)) {
             Ok(LocalKind::Dir) => {
                 if m.is_excluded(rel, true) {
                     continue;
@@ -305,7 +311,10 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                         && held_path.is_within(rel)
                         && *held != Held::Absent
                         && !local.contains_key(held_path)
-                        && matches!(m.inspect(held_path), Ok(LocalKind::Missing))
+                        && matches!(
+                            reads.inspect(&m.local_path(held_path)),
+                            Ok(LocalKind::Missing)
+                        )
                     {
                         local.insert(held_path.clone(), LocalKind::Missing);
                     }
@@ -400,7 +409,7 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>) -> Plan {
                     continue;
                 }
                 let local_path = m.local_path(&rel);
-                let (sha256, content) = match read_and_hash(&local_path, size) {
+                let (sha256, content) = match reads.read_and_hash(&local_path, size) {
                     Ok(read) => read,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         // Deleted between the event and now: a later event
@@ -567,39 +576,6 @@ fn plan_remote_deletes(req: &BatchRequest, manifest: &Manifest, p: &mut Plan) {
         });
         p.after.push((rel, Held::Absent));
     }
-}
-
-/// Files up to this size are kept in memory from planning to sending.
-const KEPT_CONTENT: u64 = 64 * 1024;
-
-/// The file's sha256, and its bytes when it is small (`size` is what the
-/// walk saw; the bytes are what is there now).
-fn read_and_hash(
-    path: &std::path::Path,
-    size: u64,
-) -> std::io::Result<([u8; 32], Option<Content>)> {
-    if size <= KEPT_CONTENT {
-        let bytes = std::fs::read(path)?;
-        if bytes.len() as u64 <= KEPT_CONTENT {
-            let sha = Sha256::digest(&bytes).into();
-            return Ok((sha, Some(Content(bytes.into()))));
-        }
-    }
-    Ok((hash_file(path)?, None))
-}
-
-pub(crate) fn hash_file(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().into())
 }
 
 fn short(hash: &[u8; 32]) -> String {
