@@ -1051,6 +1051,107 @@ async fn large_batches_report_progress_that_always_ends() {
 }
 
 #[tokio::test]
+async fn a_batch_that_finished_never_shows_the_slow_progress() {
+    let mut h = Harness::new(&["p1"]).await;
+    h.save("fast.rs", "fast");
+    h.quiescent().await;
+    // A second batch held past SLOW_BATCH gets its progress; by then the
+    // first batch's second had long passed, and it must not have shown one.
+    h.fake.hold();
+    h.save("slow.rs", "slow");
+    let begun = h
+        .until(|o| matches!(o, Output::Progress(engine::Progress::Begin { .. })))
+        .await;
+    let Output::Progress(engine::Progress::Begin { id, message, .. }) = begun else {
+        unreachable!()
+    };
+    assert_eq!(message.as_deref(), Some("taking longer than usual"));
+    h.fake.release();
+    h.until(
+        |o| matches!(o, Output::Progress(engine::Progress::End { id: ended, .. }) if *ended == id),
+    )
+    .await;
+    h.quiescent().await;
+    h.drain();
+    let begins = h
+        .seen
+        .iter()
+        .filter(|o| matches!(o, Output::Progress(engine::Progress::Begin { .. })))
+        .count();
+    assert_eq!(begins, 1, "{:?}", h.seen);
+}
+
+#[tokio::test]
+async fn replicas_finishing_one_by_one_make_one_status_and_one_log_line() {
+    let pods = ["p1", "p2", "p3"];
+    let mut h = Harness::new(&pods).await;
+    h.quiescent().await;
+    h.drain();
+    h.seen.clear();
+    h.fake.hold();
+    h.save("main.rs", "fn main() {}");
+    h.fake.wait_started(pods.len()).await;
+    // Let the batches finish one at a time, each seen by the loop (its
+    // target synced in a fresh status) before the next.
+    for done in 1..=pods.len() {
+        h.fake.gate.add_permits(1);
+        loop {
+            let now = h.status().await;
+            let synced = now
+                .targets
+                .iter()
+                .filter(|t| t.state == TargetState::Synced && t.last_sync.is_some())
+                .count();
+            if synced >= done {
+                break;
+            }
+            h.until(|o| matches!(o, Output::Status(_) | Output::Log { .. }))
+                .await;
+        }
+    }
+    h.fake.release();
+    h.quiescent().await;
+    h.drain();
+    let statuses: Vec<&Status> = h
+        .seen
+        .iter()
+        .filter_map(|o| match o {
+            Output::Status(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    // "syncing" when the wave starts, "idle" when its last batch is done;
+    // none for the replicas that finished in between.
+    let partial = statuses.iter().filter(|s| {
+        let synced = s
+            .targets
+            .iter()
+            .filter(|t| t.state == TargetState::Synced)
+            .count();
+        s.state == EngineState::Syncing && synced > 0
+    });
+    assert_eq!(partial.count(), 0, "{statuses:#?}");
+    assert_eq!(statuses.last().map(|s| s.state), Some(EngineState::Idle));
+    let lines: Vec<&String> = h
+        .seen
+        .iter()
+        .filter_map(|o| match o {
+            Output::Log {
+                level: Level::Info,
+                text,
+            } if text.contains("1 files") => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("3 pods in default (container app): p1, p2, p3: 1 files, 0 deleted"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[tokio::test]
 async fn a_no_op_batch_keeps_the_last_real_sync() {
     let mut h = Harness::new(&["p1"]).await;
     h.save("a.txt", "a");

@@ -72,10 +72,6 @@ enum Event {
         batch: u64,
         outcome: Box<BatchOutcome>,
     },
-    SlowBatch {
-        key: TargetKey,
-        batch: u64,
-    },
     /// A retry or quiet-window deadline passed: re-evaluate dispatch.
     Wake,
 }
@@ -125,11 +121,32 @@ struct Retry {
 
 struct InFlight {
     id: u64,
+    started: Instant,
     paths: BTreeSet<RelPath>,
     kind: BatchKind,
     waiters: Vec<u64>,
     reload: bool,
     progress: Option<ProgressGuard>,
+}
+
+/// A batch of changes delivered to one target, waiting to be logged with
+/// the rest of its wave.
+struct Delivered {
+    what: DeliveredWhat,
+    pod: String,
+    ms: u128,
+    at: Instant,
+}
+
+/// The part of a delivery that targets share to be reported together.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct DeliveredWhat {
+    mapping: String,
+    namespace: String,
+    container: String,
+    files: usize,
+    deletes: usize,
+    bytes: u64,
 }
 
 struct Tracked {
@@ -248,6 +265,11 @@ pub(crate) struct MainLoop<C: Cluster> {
     last_status: Option<Status>,
     /// Since when a changed status has not been published (`publish_status`).
     status_held_since: Option<Instant>,
+    /// When the earliest running batch without a progress turns slow.
+    slow_check: Option<Instant>,
+    /// Deliveries not yet logged (`flush_deliveries`), oldest first.
+    deliveries: Vec<Delivered>,
+    deliveries_wake: bool,
     next_id: u64,
     /// Batches still running for targets that were removed (pod not Ready,
     /// replaced, mapping changed). A target that comes back under the same
@@ -286,6 +308,9 @@ pub(crate) fn start<C: Cluster>(
         mapped_folders: Vec::new(),
         last_status: None,
         status_held_since: None,
+        slow_check: None,
+        deliveries: Vec::new(),
+        deliveries_wake: false,
         next_id: 1,
         draining: HashMap::new(),
     };
@@ -335,7 +360,9 @@ impl<C: Cluster> MainLoop<C> {
     }
 
     fn after_event(&mut self) {
+        self.report_slow_batches();
         self.dispatch();
+        self.flush_deliveries(false);
         self.finish_waiters();
         self.flush_problems();
         self.publish_status();
@@ -777,19 +804,6 @@ impl<C: Cluster> MainLoop<C> {
                 batch,
                 outcome,
             } => self.on_batch_done(key, batch, *outcome),
-            Event::SlowBatch { key, batch } => {
-                let title = format!("podloop: syncing to {}", key.pod);
-                let guard = self.progress(title, Some("taking longer than usual".into()));
-                if let Some(inflight) = self
-                    .targets
-                    .get_mut(&key)
-                    .and_then(|t| t.in_flight.as_mut())
-                {
-                    if inflight.id == batch && inflight.progress.is_none() {
-                        inflight.progress = Some(guard);
-                    }
-                }
-            }
             Event::Wake => {}
         }
     }
@@ -1169,20 +1183,13 @@ impl<C: Cluster> MainLoop<C> {
                 };
                 Some(self.progress(title, None))
             } else {
-                let events = self.events_tx.clone();
-                let key = key.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(SLOW_BATCH).await;
-                    let _ = events.send(Event::SlowBatch {
-                        key,
-                        batch: batch_id,
-                    });
-                });
+                self.watch_for_slow_batches(now + SLOW_BATCH);
                 None
             };
             let t = self.targets.get_mut(&key).expect("listed");
             t.in_flight = Some(InFlight {
                 id: batch_id,
+                started: now,
                 paths,
                 kind,
                 waiters,
@@ -1199,6 +1206,128 @@ impl<C: Cluster> MainLoop<C> {
                     outcome: Box::new(outcome),
                 });
             });
+        }
+    }
+
+    /// One timer for every batch that may turn slow, not one per batch: a
+    /// save to ten replicas would otherwise wake the loop ten more times a
+    /// second later.
+    fn watch_for_slow_batches(&mut self, at: Instant) {
+        if self.slow_check.is_none_or(|armed| armed > at) {
+            self.slow_check = Some(at);
+            self.wake_at(at);
+        }
+    }
+
+    /// Gives each batch running longer than [`SLOW_BATCH`] its progress,
+    /// and watches for the next one that may.
+    fn report_slow_batches(&mut self) {
+        let now = Instant::now();
+        if self.slow_check.is_none_or(|at| at > now) {
+            return;
+        }
+        self.slow_check = None;
+        let mut next: Option<Instant> = None;
+        let mut slow: Vec<TargetKey> = Vec::new();
+        for (key, t) in &self.targets {
+            let Some(inflight) = t.in_flight.as_ref().filter(|f| f.progress.is_none()) else {
+                continue;
+            };
+            let due = inflight.started + SLOW_BATCH;
+            if due <= now {
+                slow.push(key.clone());
+            } else if next.is_none_or(|n| due < n) {
+                next = Some(due);
+            }
+        }
+        for key in slow {
+            let title = format!("podloop: syncing to {}", key.pod);
+            let guard = self.progress(title, Some("taking longer than usual".into()));
+            if let Some(inflight) = self
+                .targets
+                .get_mut(&key)
+                .and_then(|t| t.in_flight.as_mut())
+            {
+                inflight.progress = Some(guard);
+            }
+        }
+        if let Some(at) = next {
+            self.watch_for_slow_batches(at);
+        }
+    }
+
+    /// One log line for the targets a wave of batches delivered the same
+    /// thing to, once the wave is over (nothing in flight) or has taken
+    /// [`STATUS_HOLD`]: ten replicas make one line per save, not ten.
+    fn flush_deliveries(&mut self, now_anyway: bool) {
+        let Some(oldest) = self.deliveries.first().map(|d| d.at) else {
+            return;
+        };
+        let running = self.targets.values().any(|t| t.in_flight.is_some());
+        if running && !now_anyway && oldest.elapsed() < STATUS_HOLD {
+            if !self.deliveries_wake {
+                self.deliveries_wake = true;
+                self.wake_at(oldest + STATUS_HOLD);
+            }
+            return;
+        }
+        self.deliveries_wake = false;
+        let mut groups: BTreeMap<DeliveredWhat, Vec<(String, u128)>> = BTreeMap::new();
+        for d in std::mem::take(&mut self.deliveries) {
+            groups.entry(d.what).or_default().push((d.pod, d.ms));
+        }
+        for (what, group) in groups {
+            let DeliveredWhat {
+                mapping,
+                namespace,
+                container,
+                files,
+                deletes,
+                bytes,
+            } = what;
+            let fastest = group.iter().map(|(_, ms)| *ms).min().unwrap_or_default();
+            let slowest = group.iter().map(|(_, ms)| *ms).max().unwrap_or_default();
+            let took = if fastest == slowest {
+                format!("{fastest} ms")
+            } else {
+                format!("{fastest}–{slowest} ms")
+            };
+            let what = format!("{files} files, {deletes} deleted ({})", human_bytes(bytes));
+            // A busy target may have had several batches of the same shape
+            // in one wave.
+            let mut batches_per_pod: BTreeMap<&str, usize> = BTreeMap::new();
+            for (pod, _) in &group {
+                *batches_per_pod.entry(pod.as_str()).or_default() += 1;
+            }
+            let line = match (batches_per_pod.len(), group.len()) {
+                (1, 1) => format!(
+                    "{mapping} → {namespace}/{} (container {container}): {what} in {took}",
+                    group[0].0
+                ),
+                (1, times) => format!(
+                    "{mapping} → {namespace}/{} (container {container}): {what}, {times} times in {took}",
+                    group[0].0
+                ),
+                (pods, _) => {
+                    const NAMED: usize = 5;
+                    let mut names: Vec<String> = batches_per_pod
+                        .iter()
+                        .take(NAMED)
+                        .map(|(pod, n)| match n {
+                            1 => (*pod).to_owned(),
+                            n => format!("{pod} ×{n}"),
+                        })
+                        .collect();
+                    if pods > NAMED {
+                        names.push(format!("and {} more", pods - NAMED));
+                    }
+                    format!(
+                        "{mapping} → {pods} pods in {namespace} (container {container}): {}: {what} each in {took}",
+                        names.join(", ")
+                    )
+                }
+            };
+            self.log(Level::Info, line);
         }
     }
 
@@ -1563,13 +1692,23 @@ impl<C: Cluster> MainLoop<C> {
                 info.name,
                 outcome.unchanged.len()
             ),
-            (BatchKind::Changes, None) => format!(
-                "{} → {pod}: {} files, {} deleted ({}) in {ms} ms",
-                info.name,
-                sent,
-                outcome.deletes,
-                human_bytes(outcome.bytes)
-            ),
+            (BatchKind::Changes, None) => {
+                // Reported with the rest of its wave (`flush_deliveries`).
+                self.deliveries.push(Delivered {
+                    what: DeliveredWhat {
+                        mapping: info.name.clone(),
+                        namespace: key.namespace.clone(),
+                        container: key.container.clone(),
+                        files: sent,
+                        deletes: outcome.deletes,
+                        bytes: outcome.bytes,
+                    },
+                    pod: key.pod.clone(),
+                    ms,
+                    at: Instant::now(),
+                });
+                String::new()
+            }
         };
         let level = if report_failure.is_some() {
             Level::Error
@@ -1578,7 +1717,9 @@ impl<C: Cluster> MainLoop<C> {
         } else {
             Level::Info
         };
-        self.log(level, line);
+        if !line.is_empty() {
+            self.log(level, line);
+        }
 
         for w in &inflight.waiters {
             if let Some(waiter) = self.waiters.get_mut(w) {
@@ -1914,6 +2055,7 @@ impl<C: Cluster> MainLoop<C> {
     }
 
     fn shutdown(&mut self) {
+        self.flush_deliveries(true);
         let undelivered: BTreeSet<String> = self
             .targets
             .iter()
