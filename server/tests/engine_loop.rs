@@ -380,6 +380,17 @@ impl Harness {
         }
     }
 
+    /// Every `podloop/status` received so far, in order.
+    fn statuses_seen(&self) -> Vec<&Status> {
+        self.seen
+            .iter()
+            .filter_map(|o| match o {
+                Output::Status(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn problems_for(&self, path: &Path) -> Option<Vec<Problem>> {
         self.seen.iter().rev().find_map(|o| match o {
             Output::FileProblems { path: p, problems } if p == path => Some(problems.clone()),
@@ -578,14 +589,7 @@ async fn status_is_emitted_only_when_it_changes() {
     h.quiescent().await;
     h.status().await;
     h.drain();
-    let statuses: Vec<&Status> = h
-        .seen
-        .iter()
-        .filter_map(|o| match o {
-            Output::Status(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let statuses = h.statuses_seen();
     for pair in statuses.windows(2) {
         assert_ne!(pair[0], pair[1], "the same status was sent twice");
     }
@@ -1112,14 +1116,7 @@ async fn replicas_finishing_one_by_one_make_one_status_and_one_log_line() {
     h.fake.release();
     h.quiescent().await;
     h.drain();
-    let statuses: Vec<&Status> = h
-        .seen
-        .iter()
-        .filter_map(|o| match o {
-            Output::Status(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let statuses = h.statuses_seen();
     // "syncing" when the wave starts, "idle" when its last batch is done;
     // none for the replicas that finished in between.
     let partial = statuses.iter().filter(|s| {
