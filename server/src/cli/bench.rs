@@ -532,8 +532,13 @@ impl DiskWaiter {
 /// watcher (recursive, path-building) and reading every file on each event
 /// spent more of the two cores than the server and the containers did,
 /// which is CPU the bench would then measure as podloop's latency.
+///
+/// It waits in `poll(2)` on the calling thread, not on the runtime's
+/// reactor: the reactor runs on kubesim's worker thread, and every landing
+/// would first wake that thread, which then wakes this one.
 struct LandingWatch {
-    events: inotify::EventStream<Vec<u8>>,
+    inotify: inotify::Inotify,
+    buffer: Vec<u8>,
     /// Per pod file: its folder's watch, its name, its path.
     files: Vec<(inotify::WatchDescriptor, std::ffi::OsString, PathBuf)>,
 }
@@ -556,7 +561,8 @@ impl LandingWatch {
             watched.push((watch, name.to_os_string(), file.clone()));
         }
         Ok(LandingWatch {
-            events: inotify.into_event_stream(vec![0u8; 64 * 1024])?,
+            inotify,
+            buffer: vec![0u8; 64 * 1024],
             files: watched,
         })
     }
@@ -566,40 +572,85 @@ impl LandingWatch {
     /// names it, or every `RECHECK` should an event be lost. Reading every
     /// pod's copy up front would put ten reads on the two cores just when
     /// the save is on its way.
-    async fn wait_all_hold(&mut self, timeout: Duration, content: &[u8]) -> anyhow::Result<()> {
-        use futures::StreamExt;
+    ///
+    /// Blocks the calling thread: call it from the bench's own (main)
+    /// thread, never from a task on the runtime's worker, where kubesim runs.
+    fn wait_all_hold(&mut self, timeout: Duration, content: &[u8]) -> anyhow::Result<()> {
+        use std::os::fd::AsRawFd;
         const RECHECK: Duration = Duration::from_millis(50);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         let mut pending: Vec<usize> = (0..self.files.len()).collect();
         while let Some(&first) = pending.first() {
-            if tokio::time::Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 bail!(
                     "timed out after {timeout:?} waiting for a save to land in {} ({} pods still waiting)",
                     self.files[first].2.display(),
                     pending.len()
                 );
             }
-            match tokio::time::timeout(RECHECK, self.events.next()).await {
-                Ok(Some(event)) => {
-                    let event = event.context("reading inotify events")?;
-                    let files = &self.files;
-                    pending.retain(|i| {
-                        let (watch, name, path) = &files[*i];
-                        !(event.wd == *watch
-                            && event.name.as_deref() == Some(name.as_os_str())
-                            && holds(path, content))
-                    });
+            let wait = RECHECK.min(deadline - now);
+            let mut ready = libc::pollfd {
+                fd: self.inotify.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for the length given.
+            let polled = unsafe { libc::poll(&mut ready, 1, wait.as_millis().max(1) as i32) };
+            if polled < 0 {
+                let error = std::io::Error::last_os_error();
+                if error.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
                 }
-                Ok(None) => bail!("the inotify stream ended"),
-                Err(_) => pending.retain(|i| !holds(&self.files[*i].2, content)),
+                return Err(error).context("waiting for inotify events");
+            }
+            if polled == 0 {
+                pending.retain(|i| !holds(&self.files[*i].2, content));
+                continue;
+            }
+            let events = match self.inotify.read_events(&mut self.buffer) {
+                Ok(events) => events,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e).context("reading inotify events"),
+            };
+            let files = &self.files;
+            for event in events {
+                pending.retain(|i| {
+                    let (watch, name, path) = &files[*i];
+                    !(event.wd == *watch
+                        && event.name == Some(name.as_os_str())
+                        && holds(path, content))
+                });
             }
         }
         Ok(())
     }
 }
 
+/// Whether the file holds exactly `content`: open, read, close, without
+/// the size query `std::fs::read` adds (ten of these per fan-out save fall
+/// inside the timed window).
 fn holds(path: &Path, content: &[u8]) -> bool {
-    std::fs::read(path).is_ok_and(|c| c == content)
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    // One byte more than expected tells a longer file apart.
+    let mut buffer = vec![0u8; content.len() + 1];
+    let mut got = 0;
+    loop {
+        match file.read(&mut buffer[got..]) {
+            Ok(0) => return buffer[..got] == *content,
+            Ok(n) => {
+                got += n;
+                if got == buffer.len() {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// A save's content: distinct every time, about 1 KiB like a source file.
@@ -631,7 +682,7 @@ async fn timed_saves(
             "textDocument/didSave",
             json!({"textDocument": {"uri": uri}}),
         )?;
-        landing.wait_all_hold(LAND_TIMEOUT, &content).await?;
+        landing.wait_all_hold(LAND_TIMEOUT, &content)?;
         if i >= warmup {
             samples.push(started.elapsed());
         }
