@@ -54,7 +54,8 @@ impl LocalReads {
         self.remember(|m| &mut m.kinds, path, || mapping::inspect(path))
     }
 
-    /// Whether `rel` is reached through a symlink in the local tree.
+    /// True when some ancestor of `rel` is a symlink locally: the path would
+    /// be reached by following a link, which podloop never does.
     pub(crate) fn through_symlink(&self, m: &Mapping, rel: &RelPath) -> bool {
         rel.ancestors().any(|a| {
             let path = m.local_path(&a);
@@ -114,7 +115,7 @@ fn read_and_hash(path: &Path, size: u64) -> std::io::Result<FileRead> {
     Ok((hash_file(path)?, None))
 }
 
-pub(crate) fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
+fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];

@@ -186,20 +186,6 @@ impl Mapping {
         false
     }
 
-    /// True when some ancestor of `rel` is a symlink locally: the path would
-    /// be reached by following a link, which podloop never does.
-    pub fn through_symlink(&self, rel: &RelPath) -> bool {
-        rel.ancestors().any(|a| {
-            std::fs::symlink_metadata(self.local_path(&a))
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false)
-        })
-    }
-
-    pub fn inspect(&self, rel: &RelPath) -> std::io::Result<LocalKind> {
-        inspect(&self.local_path(rel))
-    }
-
     /// Every file and link under `under` (or the whole mapping), excluded
     /// paths pruned, links not followed, empty folders omitted.
     pub fn walk(&self, under: Option<&RelPath>) -> Vec<(RelPath, LocalKind)> {
@@ -402,7 +388,8 @@ mod tests {
         let m = mapping(root, &["node_modules/**"]);
         let names: Vec<String> = m.walk(None).iter().map(|(r, _)| r.display()).collect();
         assert_eq!(names, vec!["a/b/c.txt", "etc-link"]);
-        assert!(m.through_symlink(&rel("etc-link/passwd")));
+        let reads = crate::engine::local_reads::LocalReads::direct();
+        assert!(reads.through_symlink(&m, &rel("etc-link/passwd")));
     }
 
     fn segment() -> impl Strategy<Value = String> {

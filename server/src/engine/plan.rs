@@ -495,7 +495,7 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>, reads: &LocalReads) -> 
         }
     }
     if let (true, Some(manifest)) = (full_walk, manifest) {
-        plan_remote_deletes(req, manifest, &mut p);
+        plan_remote_deletes(req, manifest, reads, &mut p);
     }
     p
 }
@@ -503,7 +503,7 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>, reads: &LocalReads) -> 
 /// Files the container has and the local tree does not: delete them,
 /// collapsed to the shallowest missing folder when nothing excluded lives
 /// under it (excluded files are never deleted).
-fn plan_remote_deletes(req: &BatchRequest, manifest: &Manifest, p: &mut Plan) {
+fn plan_remote_deletes(req: &BatchRequest, manifest: &Manifest, reads: &LocalReads, p: &mut Plan) {
     let m = &req.mapping;
     let present: BTreeSet<&RelPath> = p
         .after
@@ -519,10 +519,10 @@ fn plan_remote_deletes(req: &BatchRequest, manifest: &Manifest, p: &mut Plan) {
     let mut conflicts = Vec::new();
     let mut missing: Vec<&RelPath> = Vec::new();
     for (rel, remote) in &manifest.files {
-        if present.contains(rel) || m.is_excluded(rel, false) || m.through_symlink(rel) {
+        if present.contains(rel) || m.is_excluded(rel, false) || reads.through_symlink(m, rel) {
             continue;
         }
-        match m.inspect(rel) {
+        match reads.inspect(&m.local_path(rel)) {
             Ok(LocalKind::Missing) => {}
             // Exists locally but was not planned (e.g. a link or special
             // file): leave the container's copy alone.
@@ -546,7 +546,7 @@ fn plan_remote_deletes(req: &BatchRequest, manifest: &Manifest, p: &mut Plan) {
         let collapsed = rel
             .ancestors()
             .find(|a| {
-                matches!(m.inspect(a), Ok(LocalKind::Missing))
+                matches!(reads.inspect(&m.local_path(a)), Ok(LocalKind::Missing))
                     && !m.is_excluded(a, true)
                     && manifest
                         .files
