@@ -18,7 +18,7 @@ use podloop::engine::{
 };
 use podloop::transport::session::ContainerRefKey;
 use podloop::transport::{
-    ContainerRef, ContextClient, DeliverOutcome, SessionKey, SessionPool, Upload,
+    ContainerRef, ContextClient, DeliverOutcome, SessionKey, SessionPool, TransportError, Upload,
 };
 
 struct Fixture {
@@ -1071,4 +1071,50 @@ async fn agent_false_never_copies_the_agent_in_and_retires_an_agent_session() {
     batch.agent = true;
     another.deliver(&target, batch).await.unwrap();
     wait_for_agents(&f.sim, 1).await;
+}
+
+/// A shell session stops reading when a write fails (a full disk) and ends
+/// after its report, so the rest of a large file meets a closed connection:
+/// the report that came back still names the cause.
+#[tokio::test]
+async fn a_shell_session_that_ends_on_a_full_disk_reports_no_space_not_a_cut_stream() {
+    let f = start().await;
+    let pod = api_pod(Image::Busybox).memory_volume("data", "64Ki", "/data");
+    let target = f.create_api_target(pod).await;
+    let client = sim_client(&f).await;
+    let shells = SessionPool::default().without_agent();
+    let container = ContainerRef {
+        namespace: target.namespace.clone(),
+        pod: target.pod.clone(),
+        container: target.container.clone(),
+    };
+    let key = SessionKey {
+        context: client.context.clone(),
+        target: ContainerRefKey::from(&container),
+        pod_uid: target.pod_uid.clone(),
+        restart_count: target.restart_count,
+    };
+    // Far more than the volume and than every pipe and buffer on the way.
+    let big = vec![b'x'; 8 << 20];
+    for attempt in 0..3 {
+        let mut b = BatchBuilder::new(&f.local);
+        b.put(b"big.bin", &big, false);
+        let err = shells
+            .deliver(
+                &client,
+                &key,
+                &container,
+                b.upload("/data/app", None, false),
+            )
+            .await
+            .expect_err("8 MiB cannot fit in 64 KiB");
+        assert!(
+            matches!(err, TransportError::NoSpace { .. }),
+            "attempt {attempt}: {err}"
+        );
+    }
+    // Each attempt is answered by its own session: no one-shot exec was
+    // needed to learn why.
+    let execs: Vec<_> = f.sim.exec_log().iter().map(|e| e.exit_code).collect();
+    assert_eq!(execs, vec![Some(7); 3], "{execs:?}");
 }

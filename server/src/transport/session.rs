@@ -169,21 +169,40 @@ impl Session {
                 tar_header(plan.len, nonce, root, reload)
             }
         };
-        // Header, content and trailer go out together: a small batch is one
-        // WebSocket frame.
-        self.exec.write(&header).await?;
-        payload::stream(&plan.pieces, &mut self.exec).await?;
-        if plan.single_file.is_some() {
-            self.exec.write(format!("{nonce}\n").as_bytes()).await?;
-        }
-        self.exec.flush().await?;
-        let stdout = self.read_to_end_marker(target, nonce).await?;
+        let stdout = match self.send_request(&header, plan).await {
+            Ok(()) => self.read_to_end_marker(target, nonce).await?,
+            // A shell session stops reading when a write fails (a full disk),
+            // reports and ends, so the rest of a large file meets a closed
+            // stream: the report already on its way names the cause, the cut
+            // does not.
+            Err(cut) => self
+                .read_to_end_marker(target, nonce)
+                .await
+                .map_err(|_| cut)?,
+        };
         let output = ExecOutput {
             status: ExitStatus::Code(0),
             stdout,
             stderr_tail: Vec::new(),
         };
         ops::interpret_deliver(target, root, plan.len, plan, output)
+    }
+
+    /// Header, content and trailer go out together: a small batch is one
+    /// WebSocket frame.
+    async fn send_request(
+        &mut self,
+        header: &[u8],
+        plan: &payload::Payload,
+    ) -> Result<(), TransportError> {
+        self.exec.write(header).await?;
+        payload::stream(&plan.pieces, &mut self.exec).await?;
+        if plan.single_file.is_some() {
+            self.exec
+                .write(format!("{}\n", plan.nonce).as_bytes())
+                .await?;
+        }
+        self.exec.flush().await
     }
 
     /// Everything the container printed before `E\0NONCE\0`.
