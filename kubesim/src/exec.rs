@@ -181,22 +181,6 @@ pub(crate) async fn exec(
     let stdin = query.flag("stdin");
     let stdout = query.flag("stdout");
     let stderr = query.flag("stderr") && !query.flag("tty");
-    let child = match runtime::spawn_exec(
-        target.host_pid,
-        target.image,
-        &command,
-        stdin,
-        stdout,
-        stderr,
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            return status_error(
-                500,
-                &format!("starting the exec in container {}: {e}", target.container),
-            )
-        }
-    };
     let record_index = {
         let mut log = inner.exec_log.lock().unwrap();
         log.push(ExecRecord {
@@ -214,39 +198,59 @@ pub(crate) async fn exec(
     let upgrade = hyper::upgrade::on(req);
     let session_inner = inner.clone();
     let handle = tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                // tungstenite zeroes its whole read buffer before every read;
-                // at the default 128 KiB that was the simulation's largest
-                // cost per small exec frame.
-                let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                run_session(
-                    session_inner,
-                    ws,
-                    child,
-                    command,
-                    protocol,
-                    record_index,
-                    cut,
-                    conn.fd,
-                )
-                .await;
-            }
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
             Err(e) => {
                 tracing::warn!("exec upgrade failed: {e}");
-                let mut child = child;
-                if let Some(pid) = child.id() {
-                    runtime::kill_process_group(pid, libc::SIGKILL);
-                }
-                let _ = child.wait().await;
+                return;
             }
-        }
+        };
+        // tungstenite zeroes its whole read buffer before every read; at the
+        // default 128 KiB that was the simulation's largest cost per small
+        // exec frame.
+        let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        // The process starts once the client holds the upgraded connection,
+        // as behind a real API server (which reaches the kubelet only then):
+        // client-go registers its streams after the upgrade and drops frames
+        // that arrive first, so a command that ended before the 101 was read
+        // lost kubectl its exit code (`kubectl cp` then took a missing
+        // folder for one).
+        let child = match runtime::spawn_exec(
+            target.host_pid,
+            target.image,
+            &command,
+            stdin,
+            stdout,
+            stderr,
+        ) {
+            Ok(child) => child,
+            Err(e) => {
+                let failure = json!({
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": format!("starting the exec in container {}: {e}", target.container),
+                    "reason": "InternalError",
+                });
+                let body = serde_json::to_vec(&failure).unwrap_or_default();
+                let _ = ws.send(framed(STATUS, &body)).await;
+                let _ = ws.close(None).await;
+                return;
+            }
+        };
+        run_session(
+            session_inner,
+            ws,
+            child,
+            command,
+            protocol,
+            record_index,
+            cut,
+            conn.fd,
+        )
+        .await;
     });
     inner.track_task(handle.abort_handle());
     Response::builder()
