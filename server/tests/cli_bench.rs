@@ -116,6 +116,14 @@ fn quick_bench_reports_every_scenario_with_coherent_numbers() {
     let fan = &scenarios["fan_out"];
     assert_eq!(figure(fan, "replicas"), 3.0);
     assert!(figure(fan, "p50") > 0.0);
+    // The floor ran: its saves landed in one pod and in all three, and its
+    // transport spent CPU on each.
+    assert!(figure(fan, "floor p50, one replica") > 0.0, "{fan:#}");
+    assert!(figure(fan, "floor p50, every replica") > 0.0, "{fan:#}");
+    assert!(
+        figure(fan, "floor transport CPU per save, every replica") > 0.0,
+        "{fan:#}"
+    );
 
     // Nothing beats the speed of light: every save pays the added round
     // trip, and the warm session means no new exec per save.

@@ -1160,6 +1160,43 @@ async fn fan_out(
         side.report(report);
     }
     let p50 = percentile(&samples, 0.5);
+    // The floor: what the same saves cost with podloop's editor side and
+    // engine taken away, to one replica and to all of them.
+    let one = transport_floor(
+        &kubeconfig,
+        &names[..1],
+        &pod_files[..1],
+        s.warmup,
+        s.fan_saves,
+    )?;
+    let all = transport_floor(&kubeconfig, &names, &pod_files, s.warmup, s.fan_saves)?;
+    report.figure(
+        "floor p50, one replica",
+        ms(percentile(&one.samples, 0.5)),
+        "ms",
+    );
+    report.figure(
+        "floor p50, every replica",
+        ms(percentile(&all.samples, 0.5)),
+        "ms",
+    );
+    report.figure(
+        "floor every replica vs single save",
+        percentile(&all.samples, 0.5).as_secs_f64()
+            / single_p50.unwrap_or(p50).as_secs_f64().max(1e-9),
+        "x",
+    );
+    report.figure(
+        "floor transport CPU per save, one replica",
+        ms(one.transport_cpu),
+        "ms",
+    );
+    report.figure(
+        "floor transport CPU per save, every replica",
+        ms(all.transport_cpu),
+        "ms",
+    );
+    report.note("floor = the same saves handed by podloop's transport straight to warm sessions of its own, from a thread of this process: no editor, no LSP, no engine, no planning, contents and hashes made before the clock starts; what the cluster side (kubesim, the containers, the connections) costs on this machine");
     // Baseline: one `kubectl cp` per replica, one after the other.
     let scratch = env.dir.path().join("kubectl-fan.rs");
     let mut runs = Vec::new();
@@ -1195,6 +1232,146 @@ async fn fan_out(
         None => report.note("no single-save p50 to compare with (scenario 1 failed)"),
     }
     Ok(())
+}
+
+/// Saves of `main.rs` to the fan-out's `pods` (their copies at
+/// `pod_files`), each handed to every pod at once by podloop's transport
+/// from a thread with a runtime of its own, as the server's; timed from the
+/// hand-over to every pod file holding the save.
+fn transport_floor(
+    kubeconfig: &Path,
+    pods: &[String],
+    pod_files: &[PathBuf],
+    warmup: usize,
+    count: usize,
+) -> anyhow::Result<Floor> {
+    use crate::convert::kube::{KubeCluster, KubeOptions};
+    use crate::engine::{
+        Batch, Cluster, Entry, Expected, Op, PodSelector, RelPath, Target, TargetSpec,
+    };
+    use sha2::{Digest, Sha256};
+
+    let pods = pods.to_vec();
+    let local = pod_files[0].with_file_name("floor-local.rs");
+    let (jobs_tx, mut jobs) = mpsc::unbounded_channel::<Batch>();
+    let (ready_tx, ready) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let (cpu_tx, cpu) = std::sync::mpsc::channel::<Duration>();
+    let kubeconfig = kubeconfig.to_path_buf();
+    let floor = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the floor");
+        runtime.block_on(async move {
+            let setup = async {
+                let cluster = KubeCluster::new(KubeOptions {
+                    kubeconfig: Some(kubeconfig),
+                    context: None,
+                })?;
+                let spec = TargetSpec {
+                    context: None,
+                    namespace: "default".into(),
+                    pods: PodSelector::Labels("app=fan".into()),
+                    container: Some(CONTAINER.into()),
+                    all_replicas: true,
+                };
+                let targets: Vec<Target> = cluster
+                    .resolve(&spec)
+                    .await?
+                    .into_iter()
+                    .filter(|t| pods.contains(&t.pod))
+                    .collect();
+                anyhow::ensure!(targets.len() == pods.len(), "the floor found {targets:?}");
+                Ok((cluster, targets))
+            };
+            let (cluster, targets) = match setup.await {
+                Ok(ready) => ready,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            let cpu_before = thread_cpu();
+            let mut saves = 0u32;
+            while let Some(batch) = jobs.recv().await {
+                saves += 1;
+                let deliveries = targets.iter().map(|t| cluster.deliver(t, batch.clone()));
+                for result in futures::future::join_all(deliveries).await {
+                    if let Err(e) = result {
+                        tracing::warn!("floor delivery failed: {e}");
+                    }
+                }
+            }
+            let _ = cpu_tx.send(thread_cpu().saturating_sub(cpu_before) / saves.max(1));
+        });
+    });
+    ready.recv().context("the floor's thread ended")??;
+
+    let mut landing = LandingWatch::new(pod_files)?;
+    let mut held: Option<[u8; 32]> = Some(Sha256::digest(std::fs::read(&pod_files[0])?).into());
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..warmup + count {
+        let content = save_content(3_000_000 + i);
+        std::fs::write(&local, &content)?;
+        let new: [u8; 32] = Sha256::digest(&content).into();
+        let batch = Batch {
+            remote_root: REMOTE_ROOT.as_bytes().to_vec(),
+            entries: vec![Entry {
+                path: RelPath::from_relative(Path::new("main.rs")).context("a relative path")?,
+                op: Op::Put {
+                    local: local.clone(),
+                    size: content.len() as u64,
+                    mode: 0o644,
+                    expect: Some(Expected {
+                        held,
+                        new: Some(new),
+                        skip_if_changed: false,
+                    }),
+                    content: Some(crate::engine::Content(content.clone().into())),
+                },
+            }],
+            reload: None,
+            agent: true,
+        };
+        held = Some(new);
+        let started = Instant::now();
+        jobs_tx
+            .send(batch)
+            .ok()
+            .context("the floor's thread ended")?;
+        landing.wait_all_hold(LAND_TIMEOUT, &content)?;
+        if i >= warmup {
+            samples.push(started.elapsed());
+        }
+    }
+    drop(jobs_tx);
+    floor
+        .join()
+        .map_err(|_| anyhow::anyhow!("the floor's thread panicked"))?;
+    samples.sort();
+    Ok(Floor {
+        samples,
+        transport_cpu: cpu.recv().context("the floor's thread ended")?,
+    })
+}
+
+struct Floor {
+    samples: Vec<Duration>,
+    /// CPU the transport's thread spent per save (its sends and the
+    /// containers' replies).
+    transport_cpu: Duration,
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `now` is.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 async fn remote(env: &Env, report: &mut Report) -> anyhow::Result<()> {

@@ -115,15 +115,13 @@ impl Exec {
         let (tx, events) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_frames(Box::pin(stream), tx));
         let sink: FrameSink = Box::pin(sink);
-        let mut frame = Vec::with_capacity(FRAME + 1);
-        frame.push(STDIN);
         Ok(Exec {
             target: target.clone(),
             sink,
             events,
             reader,
             can_close_stdin,
-            frame,
+            frame: Vec::new(),
             stdin_bytes: 0,
         })
     }
@@ -144,6 +142,13 @@ impl Exec {
     /// Queue bytes for stdin; full frames are sent as they fill up.
     pub async fn write(&mut self, mut data: &[u8]) -> Result<(), TransportError> {
         while !data.is_empty() {
+            if self.frame.is_empty() {
+                // Sized to what is written, not to a whole frame: freeing a
+                // 64 KiB buffer after every small save made glibc
+                // consolidate its free lists each time.
+                self.frame.reserve_exact(1 + data.len().min(FRAME));
+                self.frame.push(STDIN);
+            }
             let room = FRAME + 1 - self.frame.len();
             let n = room.min(data.len());
             self.frame.extend_from_slice(&data[..n]);
@@ -163,9 +168,7 @@ impl Exec {
     }
 
     async fn send_frame(&mut self) -> Result<(), TransportError> {
-        let mut next = Vec::with_capacity(FRAME + 1);
-        next.push(STDIN);
-        let frame = std::mem::replace(&mut self.frame, next);
+        let frame = std::mem::take(&mut self.frame);
         let len = frame.len() as u64 - 1;
         self.sink
             .send(Message::Binary(Bytes::from(frame)))

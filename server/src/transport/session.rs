@@ -175,10 +175,13 @@ impl Session {
             // reports and ends, so the rest of a large file meets a closed
             // stream: the report already on its way names the cause, the cut
             // does not.
-            Err(cut) => self
-                .read_to_end_marker(target, nonce)
-                .await
-                .map_err(|_| cut)?,
+            Err(cut) => {
+                let report = self.read_to_end_marker(target, nonce);
+                match tokio::time::timeout(REPORT_AFTER_CUT, report).await {
+                    Ok(Ok(stdout)) => stdout,
+                    _ => return Err(cut),
+                }
+            }
         };
         let output = ExecOutput {
             status: ExitStatus::Code(0),
@@ -241,6 +244,10 @@ fn protocol(target: &ContainerRef, detail: &str) -> TransportError {
         detail: detail.into(),
     }
 }
+
+/// How long a session whose stdin broke may take to deliver the report it
+/// already sent; the stream has ended, so this only bounds a stuck socket.
+const REPORT_AFTER_CUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A session, or none yet; held for a whole batch.
 type SessionSlot = Arc<Mutex<Option<Session>>>;
