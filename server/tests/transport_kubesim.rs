@@ -899,12 +899,8 @@ async fn sim_client(f: &Fixture) -> ContextClient {
     .unwrap()
 }
 
-async fn pool_deliver(
-    pool: &SessionPool,
-    client: &ContextClient,
-    target: &Target,
-    upload: Upload,
-) -> DeliverOutcome {
+/// `target` as the transport names it, and its session's key.
+fn session_of(client: &ContextClient, target: &Target) -> (ContainerRef, SessionKey) {
     let container = ContainerRef {
         namespace: target.namespace.clone(),
         pod: target.pod.clone(),
@@ -916,6 +912,16 @@ async fn pool_deliver(
         pod_uid: target.pod_uid.clone(),
         restart_count: target.restart_count,
     };
+    (container, key)
+}
+
+async fn pool_deliver(
+    pool: &SessionPool,
+    client: &ContextClient,
+    target: &Target,
+    upload: Upload,
+) -> DeliverOutcome {
+    let (container, key) = session_of(client, target);
     pool.deliver(client, &key, &container, upload)
         .await
         .unwrap()
@@ -1083,17 +1089,7 @@ async fn a_shell_session_that_ends_on_a_full_disk_reports_no_space_not_a_cut_str
     let target = f.create_api_target(pod).await;
     let client = sim_client(&f).await;
     let shells = SessionPool::default().without_agent();
-    let container = ContainerRef {
-        namespace: target.namespace.clone(),
-        pod: target.pod.clone(),
-        container: target.container.clone(),
-    };
-    let key = SessionKey {
-        context: client.context.clone(),
-        target: ContainerRefKey::from(&container),
-        pod_uid: target.pod_uid.clone(),
-        restart_count: target.restart_count,
-    };
+    let (container, key) = session_of(&client, &target);
     // Far more than the volume and than every pipe and buffer on the way.
     let big = vec![b'x'; 8 << 20];
     for attempt in 0..3 {
