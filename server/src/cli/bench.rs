@@ -1309,6 +1309,8 @@ fn transport_floor(
     ready.recv().context("the floor's thread ended")??;
 
     let mut landing = LandingWatch::new(pod_files)?;
+    // What the first pod holds; another pod may hold an earlier run's save
+    // and report a conflict on the first (warm-up) save, then agree.
     let mut held: Option<[u8; 32]> = Some(Sha256::digest(std::fs::read(&pod_files[0])?).into());
     let mut samples = Vec::with_capacity(count);
     for i in 0..warmup + count {

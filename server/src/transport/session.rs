@@ -175,13 +175,16 @@ impl Session {
             // reports and ends, so the rest of a large file meets a closed
             // stream: the report already on its way names the cause, the cut
             // does not.
-            Err(cut) => {
+            Err(cut @ TransportError::StreamCut { .. }) => {
                 let report = self.read_to_end_marker(target, nonce);
                 match tokio::time::timeout(REPORT_AFTER_CUT, report).await {
                     Ok(Ok(stdout)) => stdout,
                     _ => return Err(cut),
                 }
             }
+            // A local file that changed or vanished mid-stream: the
+            // container still waits for the rest, no report is coming.
+            Err(local) => return Err(local),
         };
         let output = ExecOutput {
             status: ExitStatus::Code(0),
