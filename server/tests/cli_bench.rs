@@ -135,6 +135,10 @@ fn quick_bench_reports_every_scenario_with_coherent_numbers() {
     assert!(measured >= figure(remote, "RTT"), "{remote:#}");
     assert!(figure(remote, "p50") >= measured, "{remote:#}");
     assert_eq!(figure(remote, "new exec connections per save"), 0.0);
+    // Every replica behind the same link: its saves pay the round trip too.
+    assert_eq!(figure(remote, "fan-out replicas"), 3.0);
+    assert!(figure(remote, "fan-out p50") >= measured, "{remote:#}");
+    assert!(figure(remote, "fan-out p50 vs one replica") > 0.0);
 
     let big = &scenarios["big_file"];
     assert_eq!(figure(big, "size"), 16.0 * 1024.0 * 1024.0);

@@ -1408,6 +1408,7 @@ async fn remote(env: &Env, report: &mut Report) -> anyhow::Result<()> {
     let samples = timed_saves(&mut client, &file, &[pod_file], 0, s.remote_saves).await?;
     let new_execs = env.sim.exec_log().len() - execs_before;
     client.stop().await?;
+    let fan_p50 = remote_fan_out(env, &far).await?;
     let p50 = percentile(&samples, 0.5);
     let rtt = proxy::measured_rtt(REMOTE_RTT, 20).await?;
     report.figure("RTT", ms(REMOTE_RTT), "ms");
@@ -1420,10 +1421,18 @@ async fn remote(env: &Env, report: &mut Report) -> anyhow::Result<()> {
         new_execs as f64 / s.remote_saves as f64,
         "",
     );
+    report.figure("fan-out replicas", s.replicas as f64, "");
+    report.figure("fan-out p50", ms(fan_p50), "ms");
+    report.figure(
+        "fan-out p50 vs one replica",
+        fan_p50.as_secs_f64() / p50.as_secs_f64().max(1e-9),
+        "x",
+    );
     report.note(format!(
         "latency from a TCP proxy delaying every byte {} ms each way (kubesim's own latency fault delays only the start of a request)",
         REMOTE_RTT.as_millis() / 2
     ));
+    report.note("fan-out: the single save to every replica behind the same proxy; the replicas are sent to at once, so at a real round trip they cost about one (on loopback, scenario 4, the two cores that run kubesim and every container bound the ratio instead)");
     let scratch = env.dir.path().join("kubectl-remote.rs");
     let baseline = kubectl_p50(
         env,
@@ -1443,6 +1452,27 @@ async fn remote(env: &Env, report: &mut Report) -> anyhow::Result<()> {
     report.target("no new exec per save in steady state", new_execs == 0);
     drop(proxy);
     Ok(())
+}
+
+/// Scenario 4's saves to every replica, through the delaying proxy's
+/// `kubeconfig`: the p50.
+async fn remote_fan_out(env: &Env, kubeconfig: &Path) -> anyhow::Result<Duration> {
+    let s = env.sizes;
+    let names: Vec<String> = (0..s.replicas).map(|i| format!("remote-fan-{i}")).collect();
+    for name in &names {
+        env.sim.create_pod(pod(name, "remote-fan")).await?;
+    }
+    let ws = workspace(env, "remote-fan")?;
+    let file = ws.join("src/main.rs");
+    std::fs::write(&file, save_content(0))?;
+    let mut client = start_server(&ws, kubeconfig, s.replicas).await?;
+    let pod_files: Vec<PathBuf> = names
+        .iter()
+        .map(|n| in_pod(env, n, "main.rs"))
+        .collect::<anyhow::Result<_>>()?;
+    let samples = timed_saves(&mut client, &file, &pod_files, s.warmup, s.remote_saves).await?;
+    client.stop().await?;
+    Ok(percentile(&samples, 0.5))
 }
 
 async fn big_file(env: &Env, report: &mut Report) -> anyhow::Result<()> {
