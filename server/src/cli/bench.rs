@@ -1128,19 +1128,13 @@ async fn fan_out(
     single_p50: Option<Duration>,
 ) -> anyhow::Result<()> {
     let s = env.sizes;
-    let names: Vec<String> = (0..s.replicas).map(|i| format!("fan-{i}")).collect();
-    for name in &names {
-        env.sim.create_pod(pod(name, "fan")).await?;
-    }
-    let ws = workspace(env, "fan")?;
-    let file = ws.join("src/main.rs");
-    std::fs::write(&file, save_content(0))?;
     let kubeconfig = env.sim.kubeconfig_path();
-    let mut client = start_server(&ws, &kubeconfig, s.replicas).await?;
-    let pod_files: Vec<PathBuf> = names
-        .iter()
-        .map(|n| in_pod(env, n, "main.rs"))
-        .collect::<anyhow::Result<_>>()?;
+    let Replicas {
+        names,
+        file,
+        pod_files,
+        mut client,
+    } = Replicas::start(env, "fan", &kubeconfig).await?;
     let cpu_before = client.pid().and_then(cpu_time);
     let side_before = SideCpu::now(client.pid());
     let samples = timed_saves(&mut client, &file, &pod_files, s.warmup, s.fan_saves).await?;
@@ -1458,21 +1452,52 @@ async fn remote(env: &Env, report: &mut Report) -> anyhow::Result<()> {
 /// `kubeconfig`: the p50.
 async fn remote_fan_out(env: &Env, kubeconfig: &Path) -> anyhow::Result<Duration> {
     let s = env.sizes;
-    let names: Vec<String> = (0..s.replicas).map(|i| format!("remote-fan-{i}")).collect();
-    for name in &names {
-        env.sim.create_pod(pod(name, "remote-fan")).await?;
-    }
-    let ws = workspace(env, "remote-fan")?;
-    let file = ws.join("src/main.rs");
-    std::fs::write(&file, save_content(0))?;
-    let mut client = start_server(&ws, kubeconfig, s.replicas).await?;
-    let pod_files: Vec<PathBuf> = names
-        .iter()
-        .map(|n| in_pod(env, n, "main.rs"))
-        .collect::<anyhow::Result<_>>()?;
-    let samples = timed_saves(&mut client, &file, &pod_files, s.warmup, s.remote_saves).await?;
-    client.stop().await?;
+    let mut replicas = Replicas::start(env, "remote-fan", kubeconfig).await?;
+    let samples = timed_saves(
+        &mut replicas.client,
+        &replicas.file,
+        &replicas.pod_files,
+        s.warmup,
+        s.remote_saves,
+    )
+    .await?;
+    replicas.client.stop().await?;
     Ok(percentile(&samples, 0.5))
+}
+
+/// The fan-out's replicas, labelled `label`, and a server syncing
+/// `src/main.rs` to every one of them through `kubeconfig`.
+struct Replicas {
+    names: Vec<String>,
+    file: PathBuf,
+    /// Each pod's copy of `file`.
+    pod_files: Vec<PathBuf>,
+    client: LspClient,
+}
+
+impl Replicas {
+    async fn start(env: &Env, label: &str, kubeconfig: &Path) -> anyhow::Result<Replicas> {
+        let names: Vec<String> = (0..env.sizes.replicas)
+            .map(|i| format!("{label}-{i}"))
+            .collect();
+        for name in &names {
+            env.sim.create_pod(pod(name, label)).await?;
+        }
+        let ws = workspace(env, label)?;
+        let file = ws.join("src/main.rs");
+        std::fs::write(&file, save_content(0))?;
+        let client = start_server(&ws, kubeconfig, names.len()).await?;
+        let pod_files = names
+            .iter()
+            .map(|n| in_pod(env, n, "main.rs"))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Replicas {
+            names,
+            file,
+            pod_files,
+            client,
+        })
+    }
 }
 
 async fn big_file(env: &Env, report: &mut Report) -> anyhow::Result<()> {
