@@ -1212,6 +1212,70 @@ async fn transient_failure_warns_on_the_waiting_file_retries_soon_and_clears_on_
     );
 }
 
+/// The watcher names only the folder; each file podloop wrote under it is
+/// checked before it goes.
+#[tokio::test]
+async fn a_folder_deleted_locally_reports_a_file_the_pod_changed_in_it() {
+    let mut h = Harness::new(&["p1"]).await;
+    h.save("dir/a.txt", "ours");
+    h.save("dir/deep/b.txt", "ours");
+    h.quiescent().await;
+    h.fake.put_remote("p1", "dir/a.txt", b"edited in a shell");
+    std::fs::remove_dir_all(h.path("dir")).unwrap();
+    h.changed(vec![h.path("dir")], ChangeOrigin::Watcher);
+    h.quiescent().await;
+    h.drain();
+    let problems = h.problems_for(&h.path("dir/a.txt")).unwrap();
+    assert!(
+        problems[0].message.contains("conflict in default/p1")
+            && problems[0].message.contains("deleted locally"),
+        "{problems:?}"
+    );
+    // Overwrite (the default): the local delete wins, the whole folder goes.
+    assert_eq!(h.fake.file("p1", "dir/a.txt"), None);
+    assert_eq!(h.fake.file("p1", "dir/deep/b.txt"), None);
+    assert_eq!(
+        h.problems_for(&h.path("dir/deep/b.txt"))
+            .unwrap_or_default(),
+        vec![]
+    );
+}
+
+#[tokio::test]
+async fn a_folder_deleted_locally_keeps_a_file_the_pod_changed_under_skip() {
+    let config = CONFIG.replace("reload = \"kill -HUP 1\"", "on_conflict = \"skip\"");
+    let mut h = Harness::with_config(&["p1", "p2"], &config, false).await;
+    h.save("dir/a.txt", "ours");
+    h.save("dir/deep/b.txt", "ours");
+    h.quiescent().await;
+    h.fake.put_remote("p1", "dir/a.txt", b"edited in a shell");
+    std::fs::remove_dir_all(h.path("dir")).unwrap();
+    h.changed(vec![h.path("dir")], ChangeOrigin::Watcher);
+    h.quiescent().await;
+    h.drain();
+    let problems = h.problems_for(&h.path("dir/a.txt")).unwrap();
+    assert!(
+        problems[0].message.contains("conflict in default/p1")
+            && problems[0]
+                .message
+                .ends_with("not overwritten (on_conflict = \"skip\")"),
+        "{problems:?}"
+    );
+    assert_eq!(content(h.fake.file("p1", "dir/a.txt")), "edited in a shell");
+    for pod in ["p1", "p2"] {
+        assert_eq!(h.fake.file(pod, "dir/deep/b.txt"), None, "{pod}");
+    }
+    assert_eq!(
+        h.fake.file("p2", "dir/a.txt"),
+        None,
+        "the unchanged copy goes"
+    );
+    // Deleted again (another event for the same folder): still kept.
+    h.changed(vec![h.path("dir")], ChangeOrigin::Watcher);
+    h.quiescent().await;
+    assert_eq!(content(h.fake.file("p1", "dir/a.txt")), "edited in a shell");
+}
+
 #[tokio::test]
 async fn a_folder_deleted_and_made_again_between_events_loses_its_old_files_in_the_pod() {
     let mut h = Harness::new(&["p1"]).await;

@@ -213,6 +213,44 @@ async fn an_ordinary_save_with_on_conflict_skip_leaves_the_pods_copy_until_it_ma
     assert!(h.problems_for(&file).unwrap_or_default().is_empty());
 }
 
+/// A folder deleted locally, named alone by the watcher: the container
+/// checks each file podloop wrote under it before it goes.
+#[tokio::test]
+async fn a_folder_deleted_locally_checks_each_file_podloop_wrote_in_it() {
+    let skip = format!("{API_CONFIG}on_conflict = \"skip\"\n");
+    for (config, kept) in [(API_CONFIG, false), (skip.as_str(), true)] {
+        let mut h = with_pod(Image::Busybox, config).await;
+        let edited = h.save("lib/conf.txt", b"local v1\n");
+        h.save("lib/deep/other.txt", b"other v1\n");
+        h.quiescent().await;
+        let root = h.root_of("api-1", "app");
+        std::fs::write(root.join("app/lib/conf.txt"), b"edited in the pod\n").unwrap();
+        let folder = edited.parent().unwrap().to_path_buf();
+        std::fs::remove_dir_all(&folder).unwrap();
+        h.changed(vec![folder], ChangeOrigin::Watcher);
+        h.quiescent().await;
+        h.drain();
+        let problems = h.problems_for(&edited).expect("a conflict diagnostic");
+        let m = &problems[0].message;
+        assert!(
+            m.contains("/app/lib/conf.txt changed in the container since podloop wrote it")
+                && m.contains("deleted locally"),
+            "{m}"
+        );
+        assert!(
+            !root.join("app/lib/deep/other.txt").exists(),
+            "skip: {kept}"
+        );
+        let left = std::fs::read(root.join("app/lib/conf.txt")).ok();
+        if kept {
+            assert_skipped_conflict(&problems);
+            assert_eq!(left.as_deref(), Some(&b"edited in the pod\n"[..]));
+        } else {
+            assert!(!root.join("app/lib").exists(), "{left:?}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn check_reports_drift_in_either_direction_and_sends_nothing() {
     let mut h = with_pod(Image::Busybox, API_CONFIG).await;

@@ -331,8 +331,44 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>, reads: &LocalReads) -> 
             )),
         }
     }
+    // A folder deleted locally (the watcher may name only the folder): each
+    // file podloop wrote under it is deleted on its own, checked like any
+    // delete, so one the container changed is reported; under `skip` it is
+    // kept and so is the folder, otherwise the folder goes after its files.
+    let mut gone_folders: BTreeSet<RelPath> = BTreeSet::new();
+    if manifest.is_none() {
+        let gone: Vec<RelPath> = local
+            .iter()
+            // A file podloop wrote there holds nothing beneath it: the
+            // common delete skips the scan of every held path.
+            .filter(|(rel, kind)| {
+                matches!(kind, LocalKind::Missing)
+                    && !matches!(req.held.get(*rel), Some(Held::File { .. }))
+            })
+            .map(|(rel, _)| rel.clone())
+            .collect();
+        for folder in gone {
+            let written: Vec<&RelPath> = req
+                .held
+                .iter()
+                .filter(|(path, held)| {
+                    **path != folder && path.is_within(&folder) && matches!(held, Held::File { .. })
+                })
+                .map(|(path, _)| path)
+                .collect();
+            if written.is_empty() {
+                continue;
+            }
+            for path in written {
+                local.entry(path.clone()).or_insert(LocalKind::Missing);
+            }
+            gone_folders.insert(folder);
+        }
+    }
+    let keep_gone_folders = m.on_conflict == OnConflict::Skip;
     for (rel, kind) in local {
         match kind {
+            LocalKind::Missing if keep_gone_folders && gone_folders.contains(&rel) => {}
             LocalKind::Missing => {
                 let in_container = manifest.map(|mf| mf.files.keys().any(|f| f.is_within(&rel)));
                 let already_gone = match in_container {
@@ -493,6 +529,15 @@ fn plan(req: &BatchRequest, manifest: Option<&Manifest>, reads: &LocalReads) -> 
             LocalKind::Other => p.notes.push((rel, Note::NotRegular)),
             LocalKind::Dir => {}
         }
+    }
+    if !gone_folders.is_empty() {
+        // A gone folder's own delete comes after its files' checked ones,
+        // whatever order a transport applies a batch in.
+        let (folders, files): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut p.entries)
+            .into_iter()
+            .partition(|e| matches!(e.op, Op::Delete { .. }) && gone_folders.contains(&e.path));
+        p.entries = files;
+        p.entries.extend(folders);
     }
     if let (true, Some(manifest)) = (full_walk, manifest) {
         plan_remote_deletes(req, manifest, reads, &mut p);
