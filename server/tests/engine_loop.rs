@@ -1212,11 +1212,10 @@ async fn transient_failure_warns_on_the_waiting_file_retries_soon_and_clears_on_
     );
 }
 
-/// The watcher names only the folder; each file podloop wrote under it is
-/// checked before it goes.
-#[tokio::test]
-async fn a_folder_deleted_locally_reports_a_file_the_pod_changed_in_it() {
-    let mut h = Harness::new(&["p1"]).await;
+/// `dir/a.txt` and `dir/deep/b.txt` synced, `dir/a.txt` edited in pod p1,
+/// then `dir` deleted locally with one watcher event naming only the
+/// folder: the problems on `dir/a.txt`.
+async fn delete_a_folder_edited_in_p1(h: &mut Harness) -> Vec<Problem> {
     h.save("dir/a.txt", "ours");
     h.save("dir/deep/b.txt", "ours");
     h.quiescent().await;
@@ -1225,7 +1224,15 @@ async fn a_folder_deleted_locally_reports_a_file_the_pod_changed_in_it() {
     h.changed(vec![h.path("dir")], ChangeOrigin::Watcher);
     h.quiescent().await;
     h.drain();
-    let problems = h.problems_for(&h.path("dir/a.txt")).unwrap();
+    h.problems_for(&h.path("dir/a.txt")).unwrap()
+}
+
+/// Each file podloop wrote under a folder deleted locally is checked
+/// before it goes.
+#[tokio::test]
+async fn a_folder_deleted_locally_reports_a_file_the_pod_changed_in_it() {
+    let mut h = Harness::new(&["p1"]).await;
+    let problems = delete_a_folder_edited_in_p1(&mut h).await;
     assert!(
         problems[0].message.contains("conflict in default/p1")
             && problems[0].message.contains("deleted locally"),
@@ -1245,15 +1252,7 @@ async fn a_folder_deleted_locally_reports_a_file_the_pod_changed_in_it() {
 async fn a_folder_deleted_locally_keeps_a_file_the_pod_changed_under_skip() {
     let config = CONFIG.replace("reload = \"kill -HUP 1\"", "on_conflict = \"skip\"");
     let mut h = Harness::with_config(&["p1", "p2"], &config, false).await;
-    h.save("dir/a.txt", "ours");
-    h.save("dir/deep/b.txt", "ours");
-    h.quiescent().await;
-    h.fake.put_remote("p1", "dir/a.txt", b"edited in a shell");
-    std::fs::remove_dir_all(h.path("dir")).unwrap();
-    h.changed(vec![h.path("dir")], ChangeOrigin::Watcher);
-    h.quiescent().await;
-    h.drain();
-    let problems = h.problems_for(&h.path("dir/a.txt")).unwrap();
+    let problems = delete_a_folder_edited_in_p1(&mut h).await;
     assert!(
         problems[0].message.contains("conflict in default/p1")
             && problems[0]
